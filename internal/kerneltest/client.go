@@ -1,0 +1,167 @@
+//go:build linux
+
+package kerneltest
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"strconv"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+func errName(err error) string {
+	if err == nil {
+		return ""
+	}
+	var en unix.Errno
+	if errors.As(err, &en) {
+		return unix.ErrnoName(en)
+	}
+	return err.Error()
+}
+
+func sockaddr(ap netip.AddrPort, family int) unix.Sockaddr {
+	if family == unix.AF_INET {
+		return &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
+	}
+	return &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
+}
+
+func emit(r Result) {
+	r.PID = os.Getpid()
+	b, _ := json.Marshal(r)
+	fmt.Println(string(b))
+}
+
+// runClient performs one client operation and returns the exit code.
+func runClient(args []string) int {
+	if len(args) == 1 && args[0] == "wait" {
+		emit(Result{Op: "wait"})
+		_, _ = io.Copy(io.Discard, os.Stdin)
+		return 0
+	}
+	if len(args) < 2 {
+		fmt.Fprintln(os.Stderr, "kerneltest client: want OP DST [ARGS]")
+		return 2
+	}
+	op, dst := args[0], args[1]
+	ap, err := netip.ParseAddrPort(dst)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "kerneltest client:", err)
+		return 2
+	}
+	// A bracketed IPv6 address (also v4-mapped) uses an AF_INET6 socket.
+	family := unix.AF_INET6
+	if ap.Addr().Is4() {
+		family = unix.AF_INET
+	}
+	num := func(i int) int {
+		if len(args) <= i {
+			return 0
+		}
+		n, _ := strconv.Atoi(args[i])
+		return n
+	}
+	switch op {
+	case "connect":
+		fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			emit(Result{Op: op, Dst: dst, Err: errName(err)})
+			return 0
+		}
+		tv := unix.NsecToTimeval(int64(time.Duration(num(2)) * time.Millisecond))
+		_ = unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv)
+		t0 := Monotonic()
+		err = unix.Connect(fd, sockaddr(ap, family))
+		emit(Result{Op: op, Dst: dst, Err: errName(err), T0: t0, T1: Monotonic()})
+		unix.Close(fd)
+	case "tfo":
+		fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			emit(Result{Op: op, Dst: dst, Err: errName(err)})
+			return 0
+		}
+		t0 := Monotonic()
+		err = unix.Sendto(fd, []byte("hello"), unix.MSG_FASTOPEN, sockaddr(ap, family))
+		emit(Result{Op: op, Dst: dst, Err: errName(err), T0: t0, T1: Monotonic()})
+		unix.Close(fd)
+	case "udp", "udpconn":
+		fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			emit(Result{Op: op, Dst: dst, Err: errName(err)})
+			return 0
+		}
+		sa := sockaddr(ap, family)
+		if op == "udpconn" {
+			if err := unix.Connect(fd, sa); err != nil {
+				emit(Result{Op: op, Dst: dst, Err: errName(err)})
+				return 0
+			}
+		}
+		for i := 0; i < num(2); i++ {
+			t0 := Monotonic()
+			msg := []byte(fmt.Sprintf("%d %d", i, t0))
+			if op == "udpconn" {
+				_, err = unix.Write(fd, msg)
+			} else {
+				err = unix.Sendto(fd, msg, 0, sa)
+			}
+			emit(Result{Op: op, Dst: dst, Err: errName(err), T0: t0, T1: Monotonic(), N: i})
+			time.Sleep(time.Duration(num(3)) * time.Millisecond)
+		}
+		unix.Close(fd)
+	case "bench":
+		n := num(2)
+		lg := unix.Linger{Onoff: 1, Linger: 0}
+		sa := sockaddr(ap, family)
+		var first error
+		t0 := Monotonic()
+		for i := 0; i < n; i++ {
+			fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				first = err
+				break
+			}
+			_ = unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &lg)
+			if err := unix.Connect(fd, sa); err != nil && first == nil {
+				first = err
+			}
+			unix.Close(fd)
+		}
+		emit(Result{Op: op, Dst: dst, Err: errName(first), T0: t0, T1: Monotonic(), N: n})
+	case "bulk":
+		// bulk DST MiB: connect and write MiB mebibytes.
+		fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			emit(Result{Op: op, Dst: dst, Err: errName(err)})
+			return 0
+		}
+		if err := unix.Connect(fd, sockaddr(ap, family)); err != nil {
+			emit(Result{Op: op, Dst: dst, Err: errName(err)})
+			return 0
+		}
+		buf := make([]byte, 256<<10)
+		t0 := Monotonic()
+		total := num(2) << 20
+		for sent := 0; sent < total; {
+			n, err := unix.Write(fd, buf[:min(len(buf), total-sent)])
+			if err != nil {
+				emit(Result{Op: op, Dst: dst, Err: errName(err)})
+				return 0
+			}
+			sent += n
+		}
+		unix.Close(fd)
+		emit(Result{Op: op, Dst: dst, T0: t0, T1: Monotonic(), N: total})
+	default:
+		fmt.Fprintln(os.Stderr, "kerneltest client: unknown op", op)
+		return 2
+	}
+	return 0
+}
