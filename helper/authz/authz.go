@@ -121,9 +121,11 @@ func (a *Authorizer) checkPolkit(ctx context.Context, sender, action string, int
 	// to cancel, and then answers the pending call with Error.Cancelled.
 	call := authority.Go(polkitAuthority+".CheckAuthorization", 0, make(chan *dbus.Call, 1),
 		subj, action, map[string]string{}, flags, cancelID)
+	cancelled := false
 	select {
 	case <-call.Done:
 	case <-ctx.Done():
+		cancelled = true
 		if err := authority.Call(polkitAuthority+".CancelCheckAuthorization", 0, cancelID).Err; err != nil {
 			a.log.Debug("cancel polkit check", "sender", sender, "action", action, "err", err)
 		}
@@ -142,10 +144,13 @@ func (a *Authorizer) checkPolkit(ctx context.Context, sender, action string, int
 		return fmt.Errorf("authorize %s: polkit: %w", action, err)
 	}
 	a.log.Debug("polkit check", "sender", sender, "action", action, "interactive", interactive,
-		"authorized", res.IsAuthorized, "challenge", res.IsChallenge)
+		"authorized", res.IsAuthorized, "challenge", res.IsChallenge, "details", res.Details)
 	switch {
 	case res.IsAuthorized:
 		return nil
+	case cancelled:
+		// polkitd answers a cancelled check with a plain refusal.
+		return fmt.Errorf("authorize %s: %w: %w", action, ErrCancelled, ctx.Err())
 	case res.Details[detailDismissed] == "true":
 		return fmt.Errorf("authorize %s: %w", action, ErrCancelled)
 	case res.IsChallenge:
