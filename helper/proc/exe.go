@@ -16,7 +16,9 @@ import (
 // nanoseconds and device of task->mm->exe_file, the device in the kernel's
 // encoding (major<<20 | minor, as in i_sb->s_dev). The datapath converts the
 // struct it shares with its eBPF programs into this type. Rewriting a binary
-// in place changes CtimeNs; replacing it changes Ino.
+// in place changes CtimeNs; replacing it changes Ino. Unlinking a running
+// binary (a package upgrade renames the new file over it) also changes
+// CtimeNs, so processes still running the old file get a new key.
 type Key struct {
 	Ino     uint64
 	CtimeNs uint64
