@@ -1,6 +1,3 @@
-// Package rules is the model of Aegis's rule set: which executables are
-// trusted or refused, for whom, and to which destinations. It does no I/O
-// beyond decoding and encoding bytes; helper/rulestore owns the file.
 package rules
 
 import (
@@ -69,6 +66,8 @@ const AnyUser = ^uint32(0)
 
 // Set is one complete, validated rule set.
 type Set struct {
+	// Version is the schema version the set was read with; Encode always
+	// writes SchemaVersion.
 	Version  int
 	Settings Settings
 	Apps     []App
@@ -86,7 +85,9 @@ type Settings struct {
 type App struct {
 	// Path is the absolute path of the executable.
 	Path string
-	// SHA256 is the lower-case hex digest the file must hash to.
+	// SHA256 is the lower-case hex digest the file must hash to. It may be
+	// empty only on a Deny rule, which then matches the path whatever its
+	// content.
 	SHA256 string
 	// UID is the user the rule applies to, or AnyUser.
 	UID uint32
@@ -101,6 +102,10 @@ type App struct {
 	LastSeen  time.Time
 	// Dests are per-destination exceptions, evaluated before Verdict.
 	Dests []DestRule
+	// Source is the name of the file the app was read from (the name given
+	// to Parse). It is not written by Encode; after Merge it tells apps of
+	// the main file from those of read-only drop-ins.
+	Source string
 }
 
 // DestRule decides connections of one app to one destination.
