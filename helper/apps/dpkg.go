@@ -216,9 +216,7 @@ func (d dpkgDB) readMD5Sums(pkg string, recs []*pkgFile) error {
 			return
 		}
 		rel = strings.TrimLeft(rel, " ")
-		if strings.HasPrefix(rel, "*") { // md5sum's binary-mode marker
-			rel = rel[1:]
-		}
+		rel = strings.TrimPrefix(rel, "*") // md5sum's binary-mode marker
 		rs := byRel[rel]
 		if len(rs) == 0 {
 			return

@@ -473,7 +473,9 @@ func (r *Registry) observe(path string, withMD5 bool) (observation, digest, erro
 	var err error
 	for range 3 {
 		var f *os.File
-		f, err = os.Open(path)
+		// O_NONBLOCK: a FIFO put in place of an executable must not
+		// block the watcher; it has no effect on regular files.
+		f, err = os.OpenFile(path, os.O_RDONLY|unix.O_NONBLOCK, 0)
 		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ENOTDIR) {
 			return observation{missing: true}, digest{}, nil
 		}
@@ -537,7 +539,11 @@ func (r *Registry) apply(path string, ticket uint64, obs observation, update fun
 	r.mu.Unlock()
 
 	if !wasObserved {
-		r.log.Debug("registered executable", "path", path, "sha256", cur.digest, "state", now)
+		if now == Valid {
+			r.log.Debug("registered executable", "path", path, "sha256", cur.digest, "state", now)
+		} else {
+			r.log.Warn("registered executable does not match its hash", "path", path, "sha256", cur.digest, "state", now)
+		}
 		return
 	}
 	if prev == cur && prevState == now {

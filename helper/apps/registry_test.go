@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"golang.org/x/sys/unix"
 
 	"github.com/aegisfw/aegis/helper/rules"
 )
@@ -67,6 +68,18 @@ func TestState(t *testing.T) {
 		{"replaced by a directory", func(t *testing.T, p string) {
 			os.Remove(p)
 			os.Mkdir(p, 0o755)
+		}, Changed},
+		{"replaced by a FIFO", func(t *testing.T, p string) {
+			os.Remove(p)
+			if err := unix.Mkfifo(p, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}, Changed},
+		{"replaced by a symlink to another program", func(t *testing.T, p string) {
+			os.Remove(p)
+			if err := os.Symlink("/bin/sleep", p); err != nil {
+				t.Fatal(err)
+			}
 		}, Changed},
 	}
 	for _, tt := range tests {
