@@ -187,3 +187,54 @@ func TestKeyMatchesKernel(t *testing.T) {
 	}
 	t.Fatalf("%s not found in /proc/self/maps", exe)
 }
+
+func TestCheckCacheBounded(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	r := newRegistry(t, Config{CacheSize: 2})
+	var keys []Key
+	for i := range 3 {
+		p := filepath.Join(dir, fmt.Sprintf("f%d", i))
+		writeExe(t, p, fmt.Sprintf("file %d\n", i))
+		f, k := openKey(t, p)
+		if _, err := r.Check(k, f); err != nil {
+			t.Fatal(err)
+		}
+		keys = append(keys, k)
+	}
+	if n := r.Stats().CacheEntries; n != 2 {
+		t.Errorf("cache entries with CacheSize 2 after 3 files = %d, want 2", n)
+	}
+	// The least recently used (the first) was evicted: checking it hashes.
+	h := r.Stats().Hashes
+	f, _ := openKey(t, filepath.Join(dir, "f0"))
+	if _, err := r.Check(keys[0], f); err != nil {
+		t.Fatal(err)
+	}
+	if r.Stats().Hashes != h+1 {
+		t.Errorf("Check of an evicted entry did not hash")
+	}
+}
+
+// TestCheckAfterRuleChange checks that registering an app makes a cached
+// "unknown" result for its file go away.
+func TestCheckAfterRuleChange(t *testing.T) {
+	t.Parallel()
+	p := filepath.Join(t.TempDir(), "tool")
+	a := app(p, writeExe(t, p, "tool\n"))
+	r := newRegistry(t, Config{})
+	f, k := openKey(t, p)
+	if res, err := r.Check(k, f); err != nil || res.Known() {
+		t.Fatalf("Check before registering = %+v, %v; want unknown", res, err)
+	}
+	if err := r.Set(a); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := r.Check(k, f); err != nil || !res.Known() {
+		t.Errorf("Check after Set = %+v, %v; want known", res, err)
+	}
+	r.Remove(p, a.UID)
+	if res, err := r.Check(k, f); err != nil || res.Known() {
+		t.Errorf("Check after Remove = %+v, %v; want unknown", res, err)
+	}
+}

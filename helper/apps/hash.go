@@ -38,6 +38,11 @@ const bufSize = 1 << 20
 //
 // Rewriting a file in place or changing its mode or owner changes CtimeNs;
 // replacing it changes Ino. Either way the Key of the new file differs.
+//
+// FileKey and Check derive the Key from fstat. Where stat reports a device
+// other than the superblock's (btrfs subvolumes, overlayfs), the kernel's
+// and fstat's Dev can disagree; Check then fails with ErrKeyMismatch, so
+// the disagreement fails closed.
 type Key struct {
 	Ino     uint64
 	CtimeNs uint64
