@@ -18,7 +18,6 @@ import (
 // maxAgentsPerSender bounds the registrations of one bus connection.
 const maxAgentsPerSender = 8
 
-
 // agentKey identifies a registered agent.
 type agentKey struct {
 	sender string

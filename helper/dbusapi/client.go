@@ -32,7 +32,12 @@ func NewClient(conn *dbus.Conn, interactive bool) *Client {
 }
 
 func (c *Client) call(ctx context.Context, iface, method string, flags dbus.Flags, args []any, out ...any) error {
-	call := c.obj.CallWithContext(ctx, iface+"."+method, flags, args...)
+	var call *dbus.Call
+	if flags&dbus.FlagAllowInteractiveAuthorization != 0 {
+		call = c.interactiveCall(ctx, iface, method, flags, args)
+	} else {
+		call = c.obj.CallWithContext(ctx, iface+"."+method, flags, args...)
+	}
 	if call.Err != nil {
 		return fmt.Errorf("%s: %w", method, fromDBusError(call.Err))
 	}
@@ -43,6 +48,30 @@ func (c *Client) call(ctx context.Context, iface, method string, flags dbus.Flag
 		return fmt.Errorf("%s: %w", method, err)
 	}
 	return nil
+}
+
+// interactiveCall sends a method call carrying flags as given:
+// dbus.Object.Call drops FlagAllowInteractiveAuthorization (godbus
+// v5.2.4 keeps only NoAutoStart and NoReplyExpected).
+func (c *Client) interactiveCall(ctx context.Context, iface, method string, flags dbus.Flags, args []any) *dbus.Call {
+	msg := &dbus.Message{
+		Type:  dbus.TypeMethodCall,
+		Flags: flags,
+		Headers: map[dbus.HeaderField]dbus.Variant{
+			dbus.FieldDestination: dbus.MakeVariant(BusName),
+			dbus.FieldPath:        dbus.MakeVariant(ObjectPath),
+			dbus.FieldInterface:   dbus.MakeVariant(iface),
+			dbus.FieldMember:      dbus.MakeVariant(method),
+		},
+		Body: args,
+	}
+	if len(args) > 0 {
+		msg.Headers[dbus.FieldSignature] = dbus.MakeVariant(dbus.SignatureOf(args...))
+	}
+	// The connection completes the call when ctx is done.
+	call := c.conn.SendWithContext(ctx, msg, make(chan *dbus.Call, 1))
+	<-call.Done
+	return call
 }
 
 // Status returns the firewall's state.

@@ -238,9 +238,8 @@ func (s *Server) emit(iface, member string, args ...any) error {
 // ModeChanged updates the Mode property and emits ModeChanged.
 func (s *Server) ModeChanged(m Mode) error {
 	if s.props != nil {
-		if err := s.props.Set(FirewallInterface, "Mode", dbus.MakeVariant(string(m))); err != nil {
-			return fmt.Errorf("set Mode property: %w", err)
-		}
+		// SetMust panics only for an unknown interface or property.
+		s.props.SetMust(FirewallInterface, "Mode", string(m))
 	}
 	return s.emit(FirewallInterface, "ModeChanged", string(m))
 }

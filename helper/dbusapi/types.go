@@ -113,7 +113,7 @@ type DestRule struct {
 	Verdict Verdict
 }
 
-// Prompt asks a user about a held connection. Wire type (suusassqsbsx).
+// Prompt asks a user about a held connection. Wire type (suusasssqsbsx).
 type Prompt struct {
 	ID      string
 	UID     uint32 // owner of the process
