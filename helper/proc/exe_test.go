@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aegisfw/aegis/internal/testenv"
 	"github.com/google/go-cmp/cmp"
 	"golang.org/x/sys/unix"
 )
@@ -99,11 +100,7 @@ func sha(t testing.TB, r io.Reader) [32]byte {
 
 func sleepPath(t testing.TB) string {
 	t.Helper()
-	p, err := exec.LookPath("sleep")
-	if err != nil {
-		t.Fatalf("sleep not found: %v", err)
-	}
-	p, err = filepath.EvalSymlinks(p)
+	p, err := filepath.EvalSymlinks(testenv.RequireTool(t, "sleep"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -360,10 +357,7 @@ func TestOpenExeBinaryModifiedInPlace(t *testing.T) {
 // executable: a mismatch, never the shell's verdict applied to sleep.
 func TestOpenExeAfterExec(t *testing.T) {
 	t.Parallel()
-	sh, err := exec.LookPath("sh")
-	if err != nil {
-		t.Fatalf("sh not found: %v", err)
-	}
+	sh := testenv.RequireTool(t, "sh")
 	bin := sleepPath(t)
 	r, w, err := os.Pipe()
 	if err != nil {

@@ -162,7 +162,7 @@ func ParseStat(b []byte) (Stat, error) {
 	}
 	pid, err := strconv.Atoi(string(bytes.TrimSpace(b[:open])))
 	if err != nil || pid <= 0 {
-		return st, fmt.Errorf("parse stat: bad pid %q", b[:open])
+		return st, fmt.Errorf("parse stat: bad pid %q", string(b[:open]))
 	}
 	st.PID = pid
 	st.Comm = string(b[open+1 : end])
