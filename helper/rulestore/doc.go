@@ -18,8 +18,9 @@
 // fsync, rename, fsync of the directory), so a crash or a kill -9 at any
 // point leaves the old or the new version, never a mix. A write updates,
 // in this order, the last-good copy, the seal (which then also names the
-// previous content) and the rule file; Load recognises each interrupted
-// state and completes or discards the write without calling it tampering.
+// previous content), the rule file, and the seal again (naming only the
+// new content); Load recognises each interrupted state and completes or
+// discards the write without calling it tampering.
 //
 // # Tampering
 //

@@ -149,8 +149,9 @@ func withSource(set *rules.Set, name string) *rules.Set {
 }
 
 // installLocked makes data the sealed content: last-good copy, seal
-// (naming the content it replaces too), then the rule file. Each step is
-// atomic; Load completes an interrupted sequence.
+// (naming the content it replaces too), the rule file, and the seal again
+// without the previous content. Each step is atomic; Load completes or
+// discards an interrupted sequence.
 func (s *Store) installLocked(data []byte) error {
 	if err := s.ensureDirs(); err != nil {
 		return err
@@ -170,6 +171,14 @@ func (s *Store) installLocked(data []byte) error {
 		return err
 	}
 	s.sealed, s.sum = data, sum
+	if sl.hasPrevious {
+		// Forget the previous content, so that putting it back later is
+		// tampering rather than an interrupted write.
+		sl = seal{current: sum}
+		if err := writeAtomic(s.sealPath, sl.encode(), s.cfg.UID, s.cfg.GID); err != nil {
+			return fmt.Errorf("write seal: %w", err)
+		}
+	}
 	return nil
 }
 

@@ -239,6 +239,7 @@ func TestLoadRefuses(t *testing.T) {
 	t.Parallel()
 	huge := append([]byte("version = 1\n"), bytes.Repeat([]byte("# padding\n"), 1<<20)...)
 	evil := encode(t, sampleSet(2, "evil"))
+	defaults := encode(t, rules.Default())
 	tests := []struct {
 		name     string
 		root     bool
@@ -262,6 +263,14 @@ func TestLoadRefuses(t *testing.T) {
 			},
 			changes:  ChangeContent,
 			rejected: evil,
+			errIs:    ErrTampered,
+		},
+		{
+			// The store's previous write, put back while it was stopped.
+			name:     "previous version restored",
+			tamper:   func(t *testing.T, e *testEnv) { writeForeign(t, e.rules, defaults) },
+			changes:  ChangeContent,
+			rejected: defaults,
 			errIs:    ErrTampered,
 		},
 		{

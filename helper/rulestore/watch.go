@@ -25,7 +25,8 @@ type Watcher struct {
 // than sealed (see the package documentation) is reverted, and fn is
 // called with the Event, from the watcher's goroutine and without the
 // store's lock held; fn should return quickly. Watch checks the file once
-// at start, so a change made between Load and Watch is caught too. Load
+// before it returns (calling fn from the caller's goroutine if that finds
+// tampering), so a change made between Load and Watch is caught too. Load
 // must have succeeded first.
 func (s *Store) Watch(fn func(Event)) (*Watcher, error) {
 	s.mu.Lock()
@@ -43,6 +44,7 @@ func (s *Store) Watch(fn func(Event)) (*Watcher, error) {
 		fw.Close()
 		return nil, fmt.Errorf("watch rules: %w", err)
 	}
+	w.check(0)
 	w.wg.Add(1)
 	go w.run()
 	return w, nil
@@ -61,7 +63,6 @@ func (w *Watcher) Close() error {
 
 func (w *Watcher) run() {
 	defer w.wg.Done()
-	w.check(0)
 	for {
 		select {
 		case <-w.done:
