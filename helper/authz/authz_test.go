@@ -215,3 +215,39 @@ func allActions(err error) map[string]error {
 	}
 	return m
 }
+
+// BenchmarkCheck measures a polkit check of a non-root caller the rules
+// allow, and reports it as a ratio to a bus round trip to the bus driver
+// (the uid lookup that precedes it) measured in the same run.
+func BenchmarkCheck(b *testing.B) {
+	bus := testbus.Start(b, testbus.Options{
+		Polkit:        true,
+		PolkitActions: []string{testbus.ModuleFile(b, "polkit/io.github.aegisfw.aegis.policy")},
+		PolkitRules:   testbus.AegisRules,
+	})
+	conn := bus.Conn(b)
+	a := authz.New(conn, slog.New(slog.DiscardHandler))
+	child := bus.StartChild(b, testbus.EnsureUser(b, testbus.UserAdmin), testbus.SharedExecutable(b, ""), "plain")
+	name := child.Next(b, 20*time.Second)
+	ctx := context.Background()
+
+	const n = 200
+	start := time.Now()
+	for range n {
+		if _, err := a.UnixUser(ctx, name); err != nil {
+			b.Fatal(err)
+		}
+	}
+	baseline := time.Since(start) / n
+
+	b.ResetTimer()
+	for b.Loop() {
+		if err := a.Check(ctx, name, authz.ActionModifyRules, false); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	perOp := b.Elapsed() / time.Duration(b.N)
+	b.ReportMetric(float64(baseline.Microseconds()), "baseline-µs")
+	b.ReportMetric(float64(perOp)/float64(baseline), "x-baseline")
+}

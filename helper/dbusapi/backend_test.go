@@ -57,12 +57,6 @@ func (b *memBackend) snapshot() memState {
 	return s
 }
 
-func (b *memBackend) addPrompt(p dbusapi.Prompt) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.state.Prompts = append(b.state.Prompts, p)
-}
-
 func (b *memBackend) Status(ctx context.Context) (dbusapi.Status, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()

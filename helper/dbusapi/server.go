@@ -47,6 +47,12 @@ type Config struct {
 	ProcRoot string
 }
 
+// DefaultTrustedAgents returns the installed agent executables that may
+// register for prompts and answer them.
+func DefaultTrustedAgents() []string {
+	return []string{"/usr/bin/aegis-tray", "/usr/bin/aegisctl"}
+}
+
 // Server exports the API on a bus connection and forwards authorized
 // calls to the Backend. It is safe for concurrent use.
 type Server struct {
@@ -215,7 +221,14 @@ func (s *Server) fail(c call, method string, err error) *dbus.Error {
 	}
 	de := toDBusError(err)
 	if de.Name == errorFailed {
-		s.log.Error("call failed", "sender", c.sender, "method", method, "err", err)
+		// A caller that left the bus during its call makes the uid, pid or
+		// /proc lookups fail: nothing for an operator to act on.
+		var has bool
+		if s.conn.BusObject().Call("org.freedesktop.DBus.NameHasOwner", 0, c.sender).Store(&has); !has {
+			s.log.Debug("caller left during the call", "sender", c.sender, "method", method, "err", err)
+		} else {
+			s.log.Error("call failed", "sender", c.sender, "method", method, "err", err)
+		}
 	}
 	return de
 }
