@@ -130,6 +130,16 @@ func (w tlogWriter) Write(p []byte) (int, error) {
 
 // TestCheck asks the real polkitd about callers running as each test user
 // and as root, for every action, with and without interaction.
+//
+// A dismissed dialog is produced for real: the caller registers a polkit
+// authentication agent for its own process (testbus.RegisterPolkitAgent)
+// that answers BeginAuthentication with
+// org.freedesktop.PolicyKit1.Error.Cancelled, as a dialog's Cancel button
+// does; polkitd then returns is_authorized=false with details
+// polkit.dismissed=true, which Check reports as ErrCancelled. An agent
+// that never answers, with the context cancelled, exercises
+// CancelCheckAuthorization. Without interaction, AUTH_ADMIN is a challenge
+// and Check reports ErrNotAuthorized.
 func TestCheck(t *testing.T) {
 	bus := startPolkit(t)
 	exe := testbus.SharedExecutable(t, "")
