@@ -389,9 +389,10 @@ func (s *Store) Load() (*Snapshot, error) {
 		s.log.Info("created default rule file", "path", s.cfg.RulesFile)
 	case !sealed:
 		// A file nobody sealed: accept it if it is sound.
+		// (refuse reports why it does not parse.)
 		var set *rules.Set
 		if regular && !in.permBad() && dirChange == 0 {
-			set, err = rules.Parse(s.cfg.RulesFile, in.data)
+			set, _ = rules.Parse(s.cfg.RulesFile, in.data)
 		}
 		if set != nil {
 			if err := install(in.data); err != nil {

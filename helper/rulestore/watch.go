@@ -102,10 +102,15 @@ func (w *Watcher) handle(e fsnotify.Event) {
 		// The directory itself went away: the watch went with it (or
 		// follows the old inode). Recreate, restore and watch again.
 		w.fw.Remove(w.dir)
-		w.check(ChangeRenamed)
+		hint := ChangeDeleted
+		if e.Has(fsnotify.Rename) {
+			hint = ChangeRenamed
+		}
+		w.check(hint)
 		if err := w.fw.Add(w.dir); err != nil {
 			w.s.log.Error("cannot watch the rule directory again", "path", w.dir, "err", err)
 		}
+		w.check(0) // anything done before the new watch was in place
 	}
 }
 

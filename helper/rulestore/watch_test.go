@@ -133,6 +133,20 @@ func TestWatchRevertsTampering(t *testing.T) {
 			changes: ChangeOwner,
 		},
 		{
+			name:    "directory deleted",
+			tamper:  func(t *testing.T, w *watched) { os.RemoveAll(w.rulesDir) },
+			changes: ChangeDeleted,
+		},
+		{
+			name: "directory renamed away",
+			tamper: func(t *testing.T, w *watched) {
+				if err := os.Rename(w.rulesDir, w.rulesDir+".old"); err != nil {
+					t.Fatal(err)
+				}
+			},
+			changes: ChangeRenamed,
+		},
+		{
 			name:    "directory made world-writable",
 			tamper:  func(t *testing.T, w *watched) { os.Chmod(w.rulesDir, 0o777) },
 			changes: ChangeDirMode,
@@ -178,6 +192,11 @@ func TestWatchRevertsTampering(t *testing.T) {
 			// Enforcement stays on the last good rules.
 			if diff := cmp.Diff(before, w.s.Snapshot(), cmpOpts); diff != "" {
 				t.Errorf("Snapshot changed by tampering (-want +got):\n%s", diff)
+			}
+			// The watch is still in place for the next attempt.
+			writeForeign(t, w.rules, []byte("version = 1\n"))
+			if ev := w.settle(t, w.next(t))[0]; ev.Changes&ChangeContent == 0 {
+				t.Errorf("second tampering: event %v, want a content change", ev.Changes)
 			}
 		})
 	}
