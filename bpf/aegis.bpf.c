@@ -150,7 +150,7 @@ struct conn_event {
 	__u32 tgid;
 	__u64 cookie;
 	__u64 ts_ns;         /* bpf_ktime_get_ns: CLOCK_MONOTONIC */
-	__u64 start_time_ns; /* process start, ns since boot */
+	__u64 start_time_ns; /* process start, CLOCK_BOOTTIME ns, as /proc/<pid>/stat */
 	struct exe_key exe;
 	__u32 tid;
 	__u32 uid;
@@ -339,7 +339,7 @@ static __always_inline void read_exe(struct exe_key *k, __u64 *start_ns)
 {
 	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
 
-	*start_ns = BPF_CORE_READ(t, group_leader, start_time);
+	*start_ns = BPF_CORE_READ(t, group_leader, start_boottime);
 	struct file *f = BPF_CORE_READ(t, mm, exe_file);
 	if (!f)
 		return; /* kernel thread */

@@ -148,6 +148,11 @@ func Open(opts Options) (_ *Datapath, err error) {
 			return nil, err
 		}
 	}
+	// Loading is a sign of life: the fail mode must not strike before the
+	// caller's first Watch.
+	if err := d.Beat(); err != nil {
+		return nil, err
+	}
 	if d.ring, err = ringbuf.NewReader(d.objs.Events); err != nil {
 		return nil, fmt.Errorf("open event ring buffer: %w", err)
 	}

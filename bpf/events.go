@@ -175,9 +175,12 @@ func (d *Datapath) Watch(ctx context.Context, interval time.Duration, h Handlers
 	for {
 		select {
 		case <-ctx.Done():
-			d.ring.SetDeadline(time.Now())
+			// Flush wakes the reader, which returns once it has read what
+			// the ring holds.
+			if err := d.ring.Flush(); err != nil {
+				return fmt.Errorf("stop event reader: %w", err)
+			}
 			<-errc
-			d.ring.SetDeadline(time.Time{})
 			return ctx.Err()
 		case err := <-errc:
 			return err
@@ -218,8 +221,11 @@ func (d *Datapath) readLoop(h Handlers) error {
 	var rec ringbuf.Record
 	for {
 		if err := d.ring.ReadInto(&rec); err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, ringbuf.ErrClosed) {
+			if errors.Is(err, ringbuf.ErrFlushed) {
 				return nil
+			}
+			if errors.Is(err, ringbuf.ErrClosed) || errors.Is(err, os.ErrClosed) {
+				return errors.New("datapath closed while watching")
 			}
 			return fmt.Errorf("read event ring buffer: %w", err)
 		}

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"time"
 
+	"golang.org/x/net/dns/dnsmessage"
 	"golang.org/x/sys/unix"
 )
 
@@ -116,6 +117,50 @@ func runClient(args []string) int {
 			time.Sleep(time.Duration(num(3)) * time.Millisecond)
 		}
 		unix.Close(fd)
+	case "connectmany":
+		// connectmany DST N: N non-blocking connects, then wait for stdin
+		// to close so the sockets stay open.
+		for i := 0; i < num(2); i++ {
+			fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+			if err != nil {
+				emit(Result{Op: op, Dst: dst, Err: errName(err)})
+				return 0
+			}
+			if err := unix.Connect(fd, sockaddr(ap, family)); err != nil && err != unix.EINPROGRESS {
+				emit(Result{Op: op, Dst: dst, Err: errName(err)})
+				return 0
+			}
+		}
+		emit(Result{Op: op, Dst: dst, N: num(2)})
+		_, _ = io.Copy(io.Discard, os.Stdin)
+	case "dns":
+		// dns DST NAME: a connected UDP query for NAME's A record; the
+		// result's N is the answer's length.
+		fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			emit(Result{Op: op, Dst: dst, Err: errName(err)})
+			return 0
+		}
+		if err := unix.Connect(fd, sockaddr(ap, family)); err != nil {
+			emit(Result{Op: op, Dst: dst, Err: errName(err)})
+			return 0
+		}
+		q, err := dnsQuery(args[2])
+		if err != nil {
+			emit(Result{Op: op, Dst: dst, Err: err.Error()})
+			return 0
+		}
+		tv := unix.NsecToTimeval(int64(5 * time.Second))
+		_ = unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+		t0 := Monotonic()
+		if _, err := unix.Write(fd, q); err != nil {
+			emit(Result{Op: op, Dst: dst, Err: errName(err)})
+			return 0
+		}
+		buf := make([]byte, 1500)
+		n, err := unix.Read(fd, buf)
+		emit(Result{Op: op, Dst: dst, Err: errName(err), T0: t0, T1: Monotonic(), N: n})
+		unix.Close(fd)
 	case "bench":
 		n := num(2)
 		lg := unix.Linger{Onoff: 1, Linger: 0}
@@ -164,4 +209,16 @@ func runClient(args []string) int {
 		return 2
 	}
 	return 0
+}
+
+func dnsQuery(name string) ([]byte, error) {
+	n, err := dnsmessage.NewName(name)
+	if err != nil {
+		return nil, err
+	}
+	m := dnsmessage.Message{
+		Header:    dnsmessage.Header{ID: 0x4242, RecursionDesired: true},
+		Questions: []dnsmessage.Question{{Name: n, Type: dnsmessage.TypeA, Class: dnsmessage.ClassINET}},
+	}
+	return m.Pack()
 }

@@ -281,3 +281,18 @@ func ExeStat(t testing.TB, path string) *unix.Stat_t {
 	}
 	return &st
 }
+
+// SharedCopy copies the test binary into a fresh directory that every
+// user may enter, so clients can run it under another uid.
+func SharedCopy(t testing.TB) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "aegis-kerneltest-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return CopyExecutable(t, dir)
+}
