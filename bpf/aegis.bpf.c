@@ -20,6 +20,7 @@ char LICENSE[] SEC("license") = "GPL";
 #define TCP_RTO_MAX_MS 44
 #define ETH_P_IP 0x0800
 #define ETH_P_IPV6 0x86DD
+#define SOCK_RAW 3
 #define DNS_PORT 53
 #define DNS_MAX 512
 
@@ -31,6 +32,12 @@ char LICENSE[] SEC("license") = "GPL";
 	asm volatile("%0 = *(u32 *)(%1 + %2)" : "=r"(__v)                        \
 		     : "r"(ctx), "i"(__builtin_offsetof(type, field)));               \
 	__v; })
+
+#define CTX_SK(ctx) ({                                                        \
+	struct bpf_sock *__sk;                                                    \
+	asm volatile("%0 = *(u64 *)(%1 + %2)" : "=r"(__sk)                       \
+		     : "r"(ctx), "i"(__builtin_offsetof(struct bpf_sock_addr, sk))); \
+	__sk; })
 
 /* What a rule, a decision or a socket's state says. */
 enum verdict {
@@ -53,6 +60,7 @@ enum event_kind {
 	EVENT_CONNECT = 1, /* connect(), TCP Fast Open, connected UDP */
 	EVENT_SENDMSG = 2, /* sendto()/sendmsg() with an address */
 	EVENT_DNS = 3,     /* DNS answer received by a socket */
+	EVENT_SOCKET = 4,  /* raw, ICMP or other non-TCP/UDP inet socket */
 };
 
 enum mode { MODE_ENFORCE = 0, MODE_LEARNING = 1 };
@@ -538,13 +546,17 @@ static __always_inline int on_connect(struct bpf_sock_addr *ctx, const int fam)
 	if (v == VERDICT_NONE)
 		v = unknown_verdict(c, &reason);
 
-	struct sock_state *st = bpf_sk_storage_get(&sk_state, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (v == VERDICT_ALLOW && reason == REASON_RULE) {
-		/* Known app: the fast path, no event. */
+	if (v == VERDICT_ALLOW && reason == REASON_RULE && port != DNS_PORT) {
+		/* Known app: the fast path, no event, no state: egress passes
+		 * sockets without state. A socket held earlier keeps its state,
+		 * so mark it decided. (DNS sockets get state below, so that
+		 * answers are attributed to their app.) */
+		struct sock_state *st = bpf_sk_storage_get(&sk_state, CTX_SK(ctx), 0, 0);
 		if (st)
 			st->verdict = VERDICT_ALLOW;
 		return 1;
 	}
+	struct sock_state *st = bpf_sk_storage_get(&sk_state, CTX_SK(ctx), 0, BPF_SK_STORAGE_GET_F_CREATE);
 
 	__u64 cookie = bpf_get_socket_cookie(ctx);
 	if (st) {
@@ -560,6 +572,8 @@ static __always_inline int on_connect(struct bpf_sock_addr *ctx, const int fam)
 	} else {
 		count(COUNTER_NO_STORAGE);
 	}
+	if (v == VERDICT_ALLOW && reason == REASON_RULE)
+		return 1;
 
 	struct conn_event ev;
 	fill_event(&ev, EVENT_CONNECT, &exe, start_ns, cookie, addr, port, proto, v, reason, fam);
@@ -611,6 +625,21 @@ int aegis_connect6(struct bpf_sock_addr *ctx)
 
 /* ---------------------------------------------------------------- sendmsg */
 
+/* stamp_dns gives an unconnected socket of a known app that sends to port
+ * 53 the state that attributes DNS answers to it. */
+static __always_inline void stamp_dns(struct bpf_sock_addr *ctx, const struct exe_key *exe,
+				      __u64 start_ns, __u32 uid)
+{
+	struct sock_state *st = bpf_sk_storage_get(&sk_state, CTX_SK(ctx), 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!st || st->tgid)
+		return;
+	st->exe = *exe;
+	st->start_time_ns = start_ns;
+	st->tgid = bpf_get_current_pid_tgid() >> 32;
+	st->uid = uid;
+	st->verdict = VERDICT_ALLOW;
+}
+
 /* sendto()/sendmsg() with an address: decided per destination, since one
  * unconnected UDP socket talks to many peers. */
 static __always_inline int on_sendmsg(struct bpf_sock_addr *ctx, const int fam)
@@ -629,8 +658,11 @@ static __always_inline int on_sendmsg(struct bpf_sock_addr *ctx, const int fam)
 
 	__u8 reason = REASON_RULE;
 	int v = verdict_for(&exe, uid, addr, port, IPPROTO_UDP);
-	if (v == VERDICT_ALLOW)
+	if (v == VERDICT_ALLOW) {
+		if (port == DNS_PORT)
+			stamp_dns(ctx, &exe, start_ns, uid);
 		return 1;
+	}
 	struct config *c = get_cfg();
 	if (v == VERDICT_NONE)
 		v = unknown_verdict(c, &reason);
@@ -645,7 +677,7 @@ static __always_inline int on_sendmsg(struct bpf_sock_addr *ctx, const int fam)
 			return 1;
 		if (bpf_map_lookup_elem(&pending, &pk))
 			return 1;
-		struct sock_state *st = bpf_sk_storage_get(&sk_state, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		struct sock_state *st = bpf_sk_storage_get(&sk_state, CTX_SK(ctx), 0, BPF_SK_STORAGE_GET_F_CREATE);
 		if (!st) {
 			count(COUNTER_NO_STORAGE);
 			return 0; /* cannot hold: fail closed */
@@ -686,22 +718,45 @@ int aegis_sendmsg6(struct bpf_sock_addr *ctx)
 
 /* ---------------------------------------------------------------- sock_create */
 
-/* Stamps every new socket with its creator's identity while process
- * context is certain; connect and sendmsg refine it. */
+/* TCP and UDP sockets are decided when they connect or send. Other inet
+ * sockets (raw, ICMP "ping" sockets, SCTP) are decided here, per app, since
+ * no connect or sendmsg hook sees all of them: an app no rule names may
+ * open them only in learning mode. */
 SEC("cgroup/sock_create")
 int aegis_sock_create(struct bpf_sock *sk)
 {
 	if (sk->family != AF_INET && sk->family != AF_INET6)
 		return 1;
-	struct sock_state *st = bpf_sk_storage_get(&sk_state, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (!st) {
-		count(COUNTER_NO_STORAGE);
+	if (sk->type != SOCK_RAW && (sk->protocol == IPPROTO_TCP || sk->protocol == IPPROTO_UDP))
 		return 1;
+
+	struct exe_key exe = {};
+	__u64 start_ns = 0;
+	__u8 any[16] = {};
+	__u32 uid = (__u32)bpf_get_current_uid_gid();
+
+	read_exe(&exe, &start_ns);
+	__u8 reason = REASON_RULE;
+	int v = verdict_for(&exe, uid, any, 0, sk->protocol);
+	if (v == VERDICT_ALLOW)
+		return 1;
+	struct config *c = get_cfg();
+	if (v == VERDICT_NONE) {
+		v = unknown_verdict(c, &reason);
+		if (v == VERDICT_PENDING) {
+			/* Nothing to hold before a destination exists. */
+			v = VERDICT_DENY;
+		}
 	}
-	read_exe(&st->exe, &st->start_time_ns);
-	st->tgid = bpf_get_current_pid_tgid() >> 32;
-	st->uid = (__u32)bpf_get_current_uid_gid();
-	st->cookie = bpf_get_socket_cookie(sk);
+	struct conn_event ev;
+	fill_event(&ev, EVENT_SOCKET, &exe, start_ns, bpf_get_socket_cookie(sk), any, 0,
+		   sk->protocol, v, reason, sk->family);
+	if (v == VERDICT_DENY) {
+		count(COUNTER_DENIED);
+		report_once(&ev);
+		return 0; /* socket() fails with EPERM */
+	}
+	report_once(&ev);
 	return 1;
 }
 

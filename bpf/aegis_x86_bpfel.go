@@ -114,6 +114,7 @@ const (
 	aegisEventKindEVENT_CONNECT aegisEventKind = 1
 	aegisEventKindEVENT_SENDMSG aegisEventKind = 2
 	aegisEventKindEVENT_DNS     aegisEventKind = 3
+	aegisEventKindEVENT_SOCKET  aegisEventKind = 4
 )
 
 type aegisExeKey struct {

@@ -142,7 +142,7 @@ func (f *fixture) allowSelf(t *testing.T, id uint32) {
 	}
 }
 
-func listenTCP(t *testing.T, addr string) netip.AddrPort {
+func listenTCP(t testing.TB, addr string) netip.AddrPort {
 	t.Helper()
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -306,7 +306,7 @@ func TestEventAttributesConnection(t *testing.T) {
 	}
 }
 
-func mustExecutable(t *testing.T) string {
+func mustExecutable(t testing.TB) string {
 	t.Helper()
 	p, err := os.Executable()
 	if err != nil {
@@ -849,5 +849,35 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestRawSocketsOfUnknownApps(t *testing.T) {
+	f := newFixture(t, Options{})
+	tests := []struct {
+		name    string
+		setup   func(t *testing.T)
+		wantErr string
+	}{
+		{"unknown app refused", func(t *testing.T) {}, "EPERM"},
+		{"learning mode passes", func(t *testing.T) {
+			cfg := DefaultConfig()
+			cfg.Mode = ModeLearning
+			f.dp.SetConfig(cfg)
+		}, ""},
+		{"trusted app passes", func(t *testing.T) {
+			f.dp.SetConfig(DefaultConfig())
+			f.allowSelf(t, 1)
+		}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.setup(t)
+			for _, dst := range []string{"127.0.0.1:0", "[::1]:0"} {
+				if r := f.cg.Run(t, noOpts, "raw", dst); r.Err != tt.wantErr {
+					t.Errorf("raw socket for %s: err %q, want %q", dst, r.Err, tt.wantErr)
+				}
+			}
+		})
 	}
 }

@@ -22,6 +22,7 @@ type Kind uint8
 const (
 	KindConnect = Kind(aegisEventKindEVENT_CONNECT) // connect(), TCP Fast Open, connected UDP
 	KindSendmsg = Kind(aegisEventKindEVENT_SENDMSG) // sendto()/sendmsg() with an address
+	KindSocket  = Kind(aegisEventKindEVENT_SOCKET)  // a raw, ICMP or other inet socket
 )
 
 // Reason says how the kernel reached an event's verdict.
@@ -240,7 +241,7 @@ func (d *Datapath) dispatch(b []byte, h Handlers) error {
 		return fmt.Errorf("record of %d bytes", len(b))
 	}
 	switch binary.NativeEndian.Uint32(b) {
-	case uint32(aegisEventKindEVENT_CONNECT), uint32(aegisEventKindEVENT_SENDMSG):
+	case uint32(aegisEventKindEVENT_CONNECT), uint32(aegisEventKindEVENT_SENDMSG), uint32(aegisEventKindEVENT_SOCKET):
 		var k aegisConnEvent
 		if err := binary.Read(bytes.NewReader(b), binary.NativeEndian, &k); err != nil {
 			return fmt.Errorf("decode connection event: %w", err)

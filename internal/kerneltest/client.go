@@ -117,6 +117,18 @@ func runClient(args []string) int {
 			time.Sleep(time.Duration(num(3)) * time.Millisecond)
 		}
 		unix.Close(fd)
+	case "raw":
+		// raw DST: open a raw ICMP socket of DST's family and close it.
+		proto := unix.IPPROTO_ICMP
+		if family == unix.AF_INET6 {
+			proto = unix.IPPROTO_ICMPV6
+		}
+		t0 := Monotonic()
+		fd, err := unix.Socket(family, unix.SOCK_RAW|unix.SOCK_CLOEXEC, proto)
+		emit(Result{Op: op, Dst: dst, Err: errName(err), T0: t0, T1: Monotonic()})
+		if err == nil {
+			unix.Close(fd)
+		}
 	case "connectmany":
 		// connectmany DST N: N non-blocking connects, then wait for stdin
 		// to close so the sockets stay open.

@@ -84,11 +84,21 @@ type Cgroup struct {
 // it, killing whatever still runs in it, when t ends.
 func NewCgroup(t testing.TB) *Cgroup {
 	t.Helper()
+	return NewCgroupNamed(t, "")
+}
+
+// NewCgroupNamed is NewCgroup for tests that need several cgroups: suffix
+// tells them apart.
+func NewCgroupNamed(t testing.TB, suffix string) *Cgroup {
+	t.Helper()
 	root, err := cgroup2Root()
 	if err != nil {
 		testenv.Skip(t, err.Error())
 	}
 	name := fmt.Sprintf("aegis-test-%d-%s", os.Getpid(), sanitize(t.Name()))
+	if suffix != "" {
+		name += "-" + sanitize(suffix)
+	}
 	p := filepath.Join(root, name)
 	if err := os.Mkdir(p, 0o755); err != nil {
 		t.Fatalf("create cgroup: %v", err)

@@ -1,0 +1,91 @@
+//go:build linux
+
+package bpf
+
+import (
+	"slices"
+	"strconv"
+	"testing"
+
+	"github.com/aegisfw/aegis/internal/kerneltest"
+)
+
+// benchPair is two child cgroups: one bare (the baseline) and one guarded
+// by the datapath with the client trusted, so both are measured in the
+// same run with interleaved rounds.
+type benchPair struct {
+	bare, guarded *kerneltest.Cgroup
+}
+
+func newBenchPair(b *testing.B) *benchPair {
+	b.Helper()
+	kerneltest.Require(b)
+	p := &benchPair{
+		bare:    kerneltest.NewCgroupNamed(b, "bare"),
+		guarded: kerneltest.NewCgroupNamed(b, "guarded"),
+	}
+	dp, err := Open(Options{Cgroup: p.guarded.Path, Unpinned: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { dp.Close() })
+	self := ExeKeyOf(kerneltest.ExeStat(b, mustExecutable(b)))
+	if err := dp.SetApp(self, AnyUID, App{ID: 1, Verdict: VerdictAllow}); err != nil {
+		b.Fatal(err)
+	}
+	return p
+}
+
+// interleave runs op in the bare and the guarded cgroup for rounds rounds
+// and returns the median cost per unit in each.
+func (p *benchPair) interleave(b *testing.B, rounds int, op ...string) (bare, guarded float64) {
+	b.Helper()
+	var bs, gs []float64
+	for i := 0; i < rounds; i++ {
+		for _, cg := range []*kerneltest.Cgroup{p.bare, p.guarded} {
+			r := cg.Run(b, noOpts, op...)
+			if r.Err != "" {
+				b.Fatalf("%v: %s", op, r.Err)
+			}
+			per := float64(r.T1-r.T0) / float64(r.N)
+			if cg == p.bare {
+				bs = append(bs, per)
+			} else {
+				gs = append(gs, per)
+			}
+		}
+	}
+	slices.Sort(bs)
+	slices.Sort(gs)
+	return bs[len(bs)/2], gs[len(gs)/2]
+}
+
+// BenchmarkConnect measures connect()+RST close from a trusted app in the
+// guarded cgroup against the same loop in a bare cgroup.
+func BenchmarkConnect(b *testing.B) {
+	p := newBenchPair(b)
+	dst := listenTCP(b, "127.0.0.1:0").String()
+	const perRound = 20000
+	for i := 0; i < b.N; i++ {
+		bare, guarded := p.interleave(b, 9, "bench", dst, strconv.Itoa(perRound))
+		b.ReportMetric(bare/1e3, "bare-µs/connect")
+		b.ReportMetric(guarded/1e3, "guarded-µs/connect")
+		b.ReportMetric(guarded/bare, "ratio")
+	}
+}
+
+// BenchmarkThroughput measures bulk TCP over loopback from a trusted app
+// (every packet passes the egress and ingress programs) against a bare
+// cgroup; the ratio is guarded throughput over bare throughput.
+func BenchmarkThroughput(b *testing.B) {
+	p := newBenchPair(b)
+	dst := listenTCP(b, "127.0.0.1:0").String()
+	const mib = 1024
+	for i := 0; i < b.N; i++ {
+		bare, guarded := p.interleave(b, 7, "bulk", dst, strconv.Itoa(mib))
+		// per is ns per byte; throughput is its inverse.
+		b.ReportMetric(1e9/bare/(1<<20), "bare-MiB/s")
+		b.ReportMetric(1e9/guarded/(1<<20), "guarded-MiB/s")
+		b.ReportMetric(bare/guarded, "ratio")
+	}
+}
