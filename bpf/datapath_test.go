@@ -881,3 +881,38 @@ func TestRawSocketsOfUnknownApps(t *testing.T) {
 		})
 	}
 }
+
+func TestPeerInNetworkNamespace(t *testing.T) {
+	f := newFixture(t, Options{})
+	f.watch(t)
+	ns := kerneltest.NewNetNS(t)
+	peer := ns.ListenTCP(t)
+
+	// Unknown: held, then allowed once.
+	c := f.cg.Start(t, noOpts, "connect", peer.String(), "10000")
+	ev := f.waitEvent(t, "held connect to the namespace", func(ev Event) bool { return ev.PID == uint32(c.PID) })
+	if ev.Dst != peer || ev.Family != unix.AF_INET {
+		t.Errorf("event destination %v family %d, want %v AF_INET", ev.Dst, ev.Family, peer)
+	}
+	if err := f.dp.Resolve(ev, VerdictAllow); err != nil {
+		t.Fatal(err)
+	}
+	if r := c.Next(t); r.Err != "" {
+		t.Errorf("allowed held connect: %s", r.Err)
+	}
+	c.Wait(t)
+
+	// A CIDR rule of the app refuses the namespace's network.
+	if err := f.dp.SetApp(f.self, AnyUID, App{ID: 4, Verdict: VerdictAllow, HasDests: true}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.dp.SetDest(Dest{AppID: 4, Prefix: netip.MustParsePrefix("10.199.0.0/16"), Proto: ProtoTCP}, VerdictDeny); err != nil {
+		t.Fatal(err)
+	}
+	if r := f.cg.Run(t, noOpts, "connect", peer.String(), "2000"); r.Err != "EPERM" {
+		t.Errorf("connect to a denied network: err %q, want EPERM", r.Err)
+	}
+	if r := f.cg.Run(t, noOpts, "connect", f.tcp4.String(), "2000"); r.Err != "" {
+		t.Errorf("connect outside the denied network: %s", r.Err)
+	}
+}
