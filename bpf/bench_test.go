@@ -64,7 +64,7 @@ func (p *benchPair) interleave(b *testing.B, rounds int, op ...string) (bare, gu
 // guarded cgroup against the same loop in a bare cgroup.
 func BenchmarkConnect(b *testing.B) {
 	p := newBenchPair(b)
-	dst := listenTCP(b, "127.0.0.1:0").String()
+	dst := kerneltest.ListenTCP(b, "127.0.0.1:0").String()
 	const perRound = 20000
 	for i := 0; i < b.N; i++ {
 		bare, guarded := p.interleave(b, 9, "bench", dst, strconv.Itoa(perRound))
@@ -79,7 +79,7 @@ func BenchmarkConnect(b *testing.B) {
 // cgroup; the ratio is guarded throughput over bare throughput.
 func BenchmarkThroughput(b *testing.B) {
 	p := newBenchPair(b)
-	dst := listenTCP(b, "127.0.0.1:0").String()
+	dst := kerneltest.ListenTCP(b, "127.0.0.1:0").String()
 	const mib = 1024
 	for i := 0; i < b.N; i++ {
 		bare, guarded := p.interleave(b, 7, "bulk", dst, strconv.Itoa(mib))

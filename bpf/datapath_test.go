@@ -67,8 +67,8 @@ func newEnv(t *testing.T) *fixture {
 	t.Helper()
 	kerneltest.Require(t)
 	f := &fixture{cg: kerneltest.NewCgroup(t), changed: make(chan struct{}, 1)}
-	f.tcp4 = listenTCP(t, "127.0.0.1:0")
-	f.tcp6 = listenTCP(t, "[::1]:0")
+	f.tcp4 = kerneltest.ListenTCP(t, "127.0.0.1:0")
+	f.tcp6 = kerneltest.ListenTCP(t, "[::1]:0")
 	f.self = ExeKeyOf(kerneltest.ExeStat(t, mustExecutable(t)))
 	return f
 }
@@ -140,33 +140,6 @@ func (f *fixture) allowSelf(t *testing.T, id uint32) {
 	if err := f.dp.SetApp(f.self, AnyUID, App{ID: id, Verdict: VerdictAllow}); err != nil {
 		t.Fatal(err)
 	}
-}
-
-func listenTCP(t testing.TB, addr string) netip.AddrPort {
-	t.Helper()
-	l, err := net.Listen("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				buf := make([]byte, 64<<10)
-				for {
-					if _, err := c.Read(buf); err != nil {
-						c.Close()
-						return
-					}
-				}
-			}()
-		}
-	}()
-	return netip.MustParseAddrPort(l.Addr().String())
 }
 
 // udpSink counts datagrams received on 127.0.0.1 and records when the
@@ -416,8 +389,8 @@ func TestHeldUDPDeliversOnlyAfterAllow(t *testing.T) {
 func TestDestinationRules(t *testing.T) {
 	f := newFixture(t, Options{})
 	f.dp.SetConfig(Config{Mode: ModeEnforce, FailMode: FailDeny, HeartbeatTimeout: time.Nanosecond})
-	other := listenTCP(t, "127.0.0.2:0")
-	third := listenTCP(t, "127.0.0.3:0")
+	other := kerneltest.ListenTCP(t, "127.0.0.2:0")
+	third := kerneltest.ListenTCP(t, "127.0.0.3:0")
 	const id = 7
 	// Unknown destinations are refused at once by the fail mode (no
 	// helper beats here), so every case answers immediately.
@@ -748,7 +721,7 @@ func TestPinsOutliveTheirProcess(t *testing.T) {
 	root := kerneltest.MountBPFFS(t)
 	pinDir := filepath.Join(root, "v1")
 
-	denied := listenTCP(t, "127.0.0.1:0")
+	denied := kerneltest.ListenTCP(t, "127.0.0.1:0")
 	cmd := exec.Command(mustExecutable(t))
 	cmd.Env = append(os.Environ(), daemonEnv+"=1", "AEGIS_BPFTEST_CGROUP="+f.cg.Path,
 		"AEGIS_BPFTEST_PINROOT="+root, "AEGIS_BPFTEST_PORT="+strconv.Itoa(int(denied.Port())),

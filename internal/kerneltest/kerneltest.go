@@ -13,6 +13,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -305,4 +307,34 @@ func SharedCopy(t testing.TB) string {
 		t.Fatal(err)
 	}
 	return CopyExecutable(t, dir)
+}
+
+// ListenTCP opens a TCP listener on addr in this network namespace; see
+// Serve.
+func ListenTCP(t testing.TB, addr string) netip.AddrPort {
+	t.Helper()
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return Serve(t, l)
+}
+
+// Serve accepts connections on l and reads them to the end until t ends,
+// and returns l's address.
+func Serve(t testing.TB, l net.Listener) netip.AddrPort {
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				_, _ = io.Copy(io.Discard, c)
+			}()
+		}
+	}()
+	return netip.MustParseAddrPort(l.Addr().String())
 }

@@ -74,25 +74,7 @@ func (n *NetNS) ListenTCP(t testing.TB) netip.AddrPort {
 		l, err = net.Listen("tcp", netip.AddrPortFrom(n.Addr, 0).String())
 		return err
 	})
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				buf := make([]byte, 32<<10)
-				for {
-					if _, err := c.Read(buf); err != nil {
-						c.Close()
-						return
-					}
-				}
-			}()
-		}
-	}()
-	return netip.MustParseAddrPort(l.Addr().String())
+	return Serve(t, l)
 }
 
 // do runs fn on a thread that has entered the namespace, then returns the
