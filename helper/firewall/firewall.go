@@ -95,6 +95,9 @@ type Engine struct {
 	// beforeVerify, when set by tests, runs before a held request's
 	// process is verified.
 	beforeVerify func(bpf.Event)
+	// watching is closed when Run has pushed the policy and starts
+	// watching the datapath.
+	watching chan struct{}
 
 	mu sync.Mutex
 	// The mutex protects the following fields.
@@ -151,6 +154,7 @@ func New(cfg Config) (*Engine, error) {
 		learned:   map[learnKey]*learnedApp{},
 		flows:     newFlowTable(cfg.MaxFlows),
 		dns:       newDNSCache(maxDNS),
+		watching:  make(chan struct{}),
 	}
 	snap, err := cfg.Store.Load()
 	var te *rulestore.TamperError
@@ -225,6 +229,11 @@ func (e *Engine) Run(ctx context.Context) error {
 	}()
 
 	e.log.Info("firewall running", "mode", settings.Mode, "apps", len(e.reg.Apps()))
+	select {
+	case <-e.watching:
+	default:
+		close(e.watching)
+	}
 	err = e.dp.Watch(ctx, e.cfg.Heartbeat, bpf.Handlers{Connection: e.onConnection, DNS: e.onDNS})
 	if ctx.Err() != nil {
 		return nil
