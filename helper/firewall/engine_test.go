@@ -77,10 +77,10 @@ func runClient() int {
 
 // client is a running multi-connect client in the fixture's cgroup.
 type client struct {
-	cmd   *exec.Cmd
-	in    io.WriteCloser
-	out   *bufio.Scanner
-	PID   int
+	cmd *exec.Cmd
+	in  io.WriteCloser
+	out *bufio.Scanner
+	PID int
 }
 
 func (f *fixture) startClient(t testing.TB) *client {
