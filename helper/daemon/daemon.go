@@ -137,10 +137,10 @@ func Run(ctx context.Context, cfg Config) (err error) {
 
 	store := rulestore.New(rulestore.Config{
 		RulesFile: cfg.RulesFile, DropInDir: cfg.DropInDir, StateDir: cfg.StateDir,
-		Logger: log.With("component", "rulestore"),
+		Logger: log,
 	})
 	// The engine registers the rules' apps once it has loaded them.
-	reg, err := apps.New(apps.Config{Logger: log.With("component", "apps")}, nil)
+	reg, err := apps.New(apps.Config{Logger: log}, nil)
 	if err != nil {
 		return fmt.Errorf("run helper: trust registry: %w", err)
 	}
