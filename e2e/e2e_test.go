@@ -437,3 +437,59 @@ func TestSystemdUnits(t *testing.T) {
 		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
 	}
 }
+
+// TestTamperedAtStart starts the helper on a rule file changed while no
+// helper ran: it keeps the last good rules, keeps the refused content
+// aside, and signals Tampered once it serves.
+func TestTamperedAtStart(t *testing.T) {
+	e := newEnv(t)
+	h := e.startSubprocess(t, "")
+	if out, code := e.ctl(t, "allow", e.clientExe, "--user", "any"); code != 0 {
+		t.Fatalf("aegisctl allow: exit %d: %s", code, out)
+	}
+	if err := h.stop(t, syscall.SIGTERM); err != nil {
+		t.Fatalf("stop helper: %v", err)
+	}
+	good, err := os.ReadFile(e.cfg.RulesFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(e.cfg.RulesFile, []byte("version = 1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	events, err := e.client(t).Watch(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.startSubprocess(t, "")
+	var ev dbusapi.Event
+	for ev.Kind != "Tampered" {
+		select {
+		case ev = <-events:
+		case <-time.After(waitTimeout):
+			t.Fatal("no Tampered signal after starting on a tampered rule file")
+		}
+	}
+	if ev.Path != e.cfg.RulesFile || ev.Rejected == "" {
+		t.Errorf("Tampered(%q, %q), want the rule file and its rejected copy", ev.Path, ev.Rejected)
+	}
+	if b, err := os.ReadFile(ev.Rejected); err != nil || string(b) != "version = 1\n" {
+		t.Errorf("rejected copy = %q, %v; want the refused content", b, err)
+	}
+	if b, _ := os.ReadFile(e.cfg.RulesFile); string(b) != string(good) {
+		t.Errorf("rule file after start:\n%s\nwant the last good one:\n%s", b, good)
+	}
+	out, code := e.ctl(t, "--json", "status")
+	var st struct{ Status dbusapi.Status }
+	if code != 0 || json.Unmarshal([]byte(out), &st) != nil || !st.Status.Tampered || st.Status.Apps != 1 {
+		t.Errorf("status = %d, %q; want tampered with the last good app", code, out)
+	}
+	// The last good rule is enforced: the allowed app connects at once.
+	c := e.connect(t, false, 5*time.Second)
+	if r := c.Next(t); r.Err != "" {
+		t.Errorf("allowed app after tampering: %q, want success", r.Err)
+	}
+	c.Wait(t)
+}
