@@ -214,6 +214,56 @@ func TestAegisctl(t *testing.T) {
 		t.Errorf("rules changed by a refused edit:\n%s\nwant\n%s", after, out)
 	}
 
+	// rules edit: an error offers to edit again; the fixed file is imported.
+	fixer := filepath.Join(t.TempDir(), "fixer.sh")
+	script := "#!/bin/sh\nif grep -q bogus \"$1\"; then\n  sed -i '/bogus/d' \"$1\"\n" +
+		"  printf '[[app]]\\npath = \"/usr/bin/false\"\\nverdict = \"deny\"\\n' >> \"$1\"\nelse\n  echo 'bogus = 1' >> \"$1\"\nfi\n"
+	if err := os.WriteFile(fixer, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	eout.Reset()
+	eerr.Reset()
+	code = ctl.Run(context.Background(), ctl.IO{In: strings.NewReader("y\n"), Out: &eout, Err: &eerr,
+		Getenv: func(k string) string {
+			if k == "VISUAL" {
+				return fixer
+			}
+			return ""
+		}}, []string{"--bus", e.bus.Addr, "rules", "edit"})
+	if code != 0 || !strings.Contains(eerr.String(), "edit again?") || !strings.Contains(eout.String(), "rules imported") {
+		t.Errorf("aegisctl rules edit, fixed on the second try = %d, %q, %q; want imported", code, eout.String(), eerr.String())
+	}
+	out, code = e.ctl(t, "rules", "show")
+	if code != 0 || !strings.Contains(out, "/usr/bin/false") || !strings.Contains(out, e.clientExe) {
+		t.Errorf("aegisctl rules show after edit = %d, %q; want both apps", code, out)
+	}
+
+	// rules import: a bad file is refused with its line; nothing changes.
+	exported, _ := e.ctl(t, "rules", "export")
+	bad := filepath.Join(t.TempDir(), "bad.toml")
+	if err := os.WriteFile(bad, []byte("version = 1\n[[app]]\npath = \"relative\"\nverdict = \"allow\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, code := e.ctl(t, "rules", "import", bad); code != ctl.ExitError || !strings.Contains(out, "bad.toml:") {
+		t.Errorf("aegisctl rules import of a bad file = %d, %q; want a refusal naming the line", code, out)
+	}
+	if after, _ := e.ctl(t, "rules", "export"); after != exported {
+		t.Errorf("rules changed by a refused import")
+	}
+	good := filepath.Join(t.TempDir(), "good.toml")
+	if err := os.WriteFile(good, []byte(exported), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, code := e.ctl(t, "rules", "import", good); code != 0 {
+		t.Errorf("aegisctl rules import of the exported file = %d, %q", code, out)
+	}
+	if out, code := e.ctl(t, "forget", "/usr/bin/false", "--user", "any"); code != 0 {
+		t.Errorf("aegisctl forget /usr/bin/false: exit %d: %s", code, out)
+	}
+	if out, code := e.ctl(t, "rehash", e.clientExe); code != 0 || !strings.Contains(out, "outside the package manager") {
+		t.Errorf("aegisctl rehash = %d, %q; want the origin", code, out)
+	}
+
 	if out, code := e.ctl(t, "mode", "learning"); code != 0 || !strings.Contains(out, "learning") {
 		t.Errorf("aegisctl mode learning = %d, %q", code, out)
 	}
@@ -492,4 +542,47 @@ func TestTamperedAtStart(t *testing.T) {
 		t.Errorf("allowed app after tampering: %q, want success", r.Err)
 	}
 	c.Wait(t)
+}
+
+// TestAegisctlWatch streams signals with "aegisctl watch".
+func TestAegisctlWatch(t *testing.T) {
+	e := newEnv(t)
+	e.startInProcess(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan int, 1)
+	var errb syncBuffer
+	go func() {
+		done <- ctl.Run(ctx, ctl.IO{Out: w, Err: &errb, UID: 0}, []string{"--bus", e.bus.Addr, "--json", "watch"})
+		w.Close()
+	}()
+	defer func() {
+		cancel()
+		if code := <-done; code != 0 {
+			t.Errorf("aegisctl watch: exit %d: %s", code, errb.String())
+		}
+		r.Close()
+	}()
+	// A missing signal ends the watch, and with it the decoding below.
+	stop := time.AfterFunc(waitTimeout, cancel)
+	defer stop.Stop()
+	dec := json.NewDecoder(r)
+	var ev dbusapi.Event
+	if err := dec.Decode(&ev); err != nil || ev.Kind != "watching" {
+		t.Fatalf("first watch line = %+v, %v; want watching", ev, err)
+	}
+	if out, code := e.ctl(t, "mode", "learning"); code != 0 {
+		t.Fatalf("aegisctl mode learning: exit %d: %s", code, out)
+	}
+	for ev.Kind != "ModeChanged" {
+		if err := dec.Decode(&ev); err != nil {
+			t.Fatalf("watch: %v", err)
+		}
+	}
+	if ev.Mode != dbusapi.Learning {
+		t.Errorf("ModeChanged(%q), want learning", ev.Mode)
+	}
 }
