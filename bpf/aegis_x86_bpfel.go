@@ -43,6 +43,8 @@ type aegisConfig struct {
 	HeartbeatTimeoutNs uint64
 	Syncnt             int32
 	RtoMaxMs           int32
+	SynRtoMs           uint32
+	Pad0               uint32
 	Mode               uint8
 	FailMode           uint8
 	CaptureDns         uint8
@@ -209,6 +211,7 @@ const (
 	aegisProgAegisSendmsg4   = "aegis_sendmsg4"
 	aegisProgAegisSendmsg6   = "aegis_sendmsg6"
 	aegisProgAegisSockCreate = "aegis_sock_create"
+	aegisProgAegisSockops    = "aegis_sockops"
 	aegisVarUnusedConnEvent  = "unused_conn_event"
 	aegisVarUnusedCounter    = "unused_counter"
 	aegisVarUnusedDnsEvent   = "unused_dns_event"
@@ -270,6 +273,7 @@ type aegisProgramSpecs struct {
 	AegisSendmsg4   *ebpf.ProgramSpec `ebpf:"aegis_sendmsg4"`
 	AegisSendmsg6   *ebpf.ProgramSpec `ebpf:"aegis_sendmsg6"`
 	AegisSockCreate *ebpf.ProgramSpec `ebpf:"aegis_sock_create"`
+	AegisSockops    *ebpf.ProgramSpec `ebpf:"aegis_sockops"`
 }
 
 // aegisMapSpecs contains maps before they are loaded into the kernel.
@@ -382,6 +386,7 @@ type aegisPrograms struct {
 	AegisSendmsg4   *ebpf.Program `ebpf:"aegis_sendmsg4"`
 	AegisSendmsg6   *ebpf.Program `ebpf:"aegis_sendmsg6"`
 	AegisSockCreate *ebpf.Program `ebpf:"aegis_sock_create"`
+	AegisSockops    *ebpf.Program `ebpf:"aegis_sockops"`
 }
 
 func (p *aegisPrograms) Close() error {
@@ -395,6 +400,7 @@ func (p *aegisPrograms) Close() error {
 		p.AegisSendmsg4,
 		p.AegisSendmsg6,
 		p.AegisSockCreate,
+		p.AegisSockops,
 	)
 }
 

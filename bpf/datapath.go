@@ -57,7 +57,7 @@ type Options struct {
 
 // cgroupProgs are the cgroup-attached programs, by pin name.
 var cgroupProgs = []string{
-	"sock_create", "connect4", "connect6", "sendmsg4", "sendmsg6", "egress", "ingress",
+	"sock_create", "connect4", "connect6", "sendmsg4", "sendmsg6", "egress", "ingress", "sockops",
 }
 
 // Datapath is the loaded and attached datapath.
@@ -168,7 +168,7 @@ func (d *Datapath) programs() map[string]*ebpf.Program {
 	return map[string]*ebpf.Program{
 		"sock_create": p.AegisSockCreate, "connect4": p.AegisConnect4, "connect6": p.AegisConnect6,
 		"sendmsg4": p.AegisSendmsg4, "sendmsg6": p.AegisSendmsg6, "egress": p.AegisEgress,
-		"ingress": p.AegisIngress,
+		"ingress": p.AegisIngress, "sockops": p.AegisSockops,
 	}
 }
 

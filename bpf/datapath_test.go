@@ -316,6 +316,28 @@ func TestHeldConnectCompletesAfterLateAllow(t *testing.T) {
 	t.Logf("completed %v after the allow", time.Duration(r.T1-decided))
 }
 
+func TestHeldConnectAllowedAtOnce(t *testing.T) {
+	f := newFixture(t, Options{})
+	f.watch(t)
+	c := f.cg.Start(t, noOpts, "connect", f.tcp4.String(), "10000")
+	ev := f.waitEvent(t, "held connect", func(ev Event) bool { return ev.PID == uint32(c.PID) })
+	decided := kerneltest.Monotonic()
+	if err := f.dp.Resolve(ev, VerdictAllow); err != nil {
+		t.Fatal(err)
+	}
+	r := c.Next(t)
+	c.Wait(t)
+	if r.Err != "" {
+		t.Fatalf("held connect: %s", r.Err)
+	}
+	// The first SYN was dropped; the shortened first retransmission
+	// carries the connection well before the kernel's 1 s.
+	if lag := time.Duration(r.T1 - decided); lag > 600*time.Millisecond {
+		t.Errorf("connect completed %v after an immediate allow, want <= 600ms", lag)
+	}
+	t.Logf("completed %v after the allow, %v after connect()", time.Duration(r.T1-decided), time.Duration(r.T1-r.T0))
+}
+
 func TestHeldConnectAbortedOnDeny(t *testing.T) {
 	f := newFixture(t, Options{})
 	f.watch(t)
@@ -780,7 +802,7 @@ func TestPinsOutliveTheirProcess(t *testing.T) {
 	}
 	for _, at := range []ebpf.AttachType{ebpf.AttachCGroupInet4Connect, ebpf.AttachCGroupInet6Connect,
 		ebpf.AttachCGroupUDP4Sendmsg, ebpf.AttachCGroupUDP6Sendmsg, ebpf.AttachCGroupInetEgress,
-		ebpf.AttachCGroupInetIngress, ebpf.AttachCGroupInetSockCreate} {
+		ebpf.AttachCGroupInetIngress, ebpf.AttachCGroupInetSockCreate, ebpf.AttachCGroupSockOps} {
 		if p := attachedPrograms(t, f.cg.Path, at); len(p) != 0 {
 			t.Errorf("%v: %d programs still attached", at, len(p))
 		}

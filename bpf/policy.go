@@ -98,12 +98,16 @@ type Config struct {
 	// retransmitted at least every RTOMax for as long as the user takes.
 	SynCount int
 	RTOMax   time.Duration
+	// SynRTO is the first SYN retransmission timeout of held sockets
+	// (the kernel's is 1 s): an allow given at once completes after it.
+	SynRTO time.Duration
 	// CaptureDNS copies DNS answers to userspace.
 	CaptureDNS bool
 }
 
 // DefaultConfig is enforce mode, refusing unknown apps when the helper
-// has been silent for 5 s, holding SYNs for minutes at 1 s intervals.
+// has been silent for 5 s, holding SYNs for minutes: retransmitted after
+// 200 ms at first, then at least every second.
 func DefaultConfig() Config {
 	return Config{
 		Mode:             ModeEnforce,
@@ -111,6 +115,7 @@ func DefaultConfig() Config {
 		HeartbeatTimeout: 5 * time.Second,
 		SynCount:         127,
 		RTOMax:           time.Second,
+		SynRTO:           200 * time.Millisecond,
 		CaptureDNS:       true,
 	}
 }
@@ -121,6 +126,7 @@ func (d *Datapath) SetConfig(c Config) error {
 		HeartbeatTimeoutNs: uint64(c.HeartbeatTimeout.Nanoseconds()),
 		Syncnt:             int32(c.SynCount),
 		RtoMaxMs:           int32(c.RTOMax.Milliseconds()),
+		SynRtoMs:           uint32(c.SynRTO.Milliseconds()),
 		Mode:               uint8(c.Mode),
 		FailMode:           uint8(c.FailMode),
 	}
@@ -145,6 +151,7 @@ func (d *Datapath) Config() (Config, error) {
 		HeartbeatTimeout: time.Duration(kc.HeartbeatTimeoutNs),
 		SynCount:         int(kc.Syncnt),
 		RTOMax:           time.Duration(kc.RtoMaxMs) * time.Millisecond,
+		SynRTO:           time.Duration(kc.SynRtoMs) * time.Millisecond,
 		CaptureDNS:       kc.CaptureDns != 0,
 	}, nil
 }
