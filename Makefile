@@ -19,7 +19,7 @@ export PATH := $(PATH):/usr/local/go/bin
 # Debian packages: the eBPF toolchain for `make generate`, and what the
 # tests drive for real (dbus-daemon, polkitd, setpriv, useradd, ...).
 DEB_PACKAGES := clang llvm libbpf-dev bpftool iproute2 coreutils dpkg dash util-linux passwd \
-	dbus-daemon dbus-bin polkitd
+	dbus-daemon dbus-bin polkitd systemd
 
 .PHONY: all build run test test-go bench generate check-generate vmlinux lint deps install uninstall clean
 
@@ -67,6 +67,7 @@ test-go:
 bench: deps
 	$(GO) test -run '^$$' -bench . -benchtime 1x -count 1 ./bpf/
 	$(GO) test -run '^$$' -bench . ./helper/...
+	$(GO) test -run '^$$' -bench . -benchtime 1x ./e2e/
 
 install: build
 	install -D -m 0755 $(BIN)/aegis-helper $(DESTDIR)$(LIBEXECDIR)/aegis-helper

@@ -12,6 +12,8 @@ import (
 	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/aegisfw/aegis/helper/proc"
 )
 
 // ErrChangedWhileHashing reports that a file's size, times or identity
@@ -27,36 +29,15 @@ var ErrKeyMismatch = errors.New("open file does not match the exe identity")
 // cost negligible next to SHA-256 and match what sha256sum-class tools do.
 const bufSize = 1 << 20
 
-// Key is the kernel's identity of an executable: the inode, change time
-// and device of task->mm->exe_file, the same triple the datapath computes
-// as exe_key. Dev uses the kernel's internal encoding major<<20|minor (not
-// the userspace st_dev encoding) and CtimeNs is seconds*1e9+nanoseconds
-// with bit 31 of the nanoseconds already masked off by the datapath on
-// kernels 6.13 and later. The datapath converts its bpf2go-generated
-// exe_key struct into a Key field by field at its edge; this package does
-// not import the datapath.
-//
-// Rewriting a file in place or changing its mode or owner changes CtimeNs;
-// replacing it changes Ino. Either way the Key of the new file differs.
-//
-// FileKey and Check derive the Key from fstat. Where stat reports a device
-// other than the superblock's (btrfs subvolumes, overlayfs), the kernel's
-// and fstat's Dev can disagree; Check then fails with ErrKeyMismatch, so
-// the disagreement fails closed.
-type Key struct {
-	Ino     uint64
-	CtimeNs uint64
-	Dev     uint32
-}
+// Key is the kernel's identity of an executable (see proc.Key): results
+// are cached by it. Where stat reports a device other than the
+// superblock's (btrfs subvolumes, overlayfs), the kernel's and fstat's Dev
+// can disagree; Check then fails with ErrKeyMismatch, so the disagreement
+// fails closed.
+type Key = proc.Key
 
 // keyOf builds the Key of a stat result.
-func keyOf(st *unix.Stat_t) Key {
-	return Key{
-		Ino:     st.Ino,
-		CtimeNs: uint64(st.Ctim.Sec)*1e9 + uint64(st.Ctim.Nsec),
-		Dev:     unix.Major(st.Dev)<<20 | unix.Minor(st.Dev),
-	}
-}
+func keyOf(st *unix.Stat_t) Key { return proc.KeyOf(st) }
 
 // FileKey returns the Key of an open file, computed from fstat.
 func FileKey(f *os.File) (Key, error) {

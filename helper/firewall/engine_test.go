@@ -211,11 +211,24 @@ func (p *prompter) wait(t testing.TB, what string, match func(dbusapi.Prompt) bo
 	}
 }
 
+// resolved waits up to 5 s for prompt id to be withdrawn and returns the
+// verdict it was withdrawn with. (The kernel acts on a decision before the
+// prompt is withdrawn, so a client may see the result first.)
 func (p *prompter) resolved(id string) (dbusapi.Verdict, bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	v, ok := p.done[id]
-	return v, ok
+	deadline := time.After(5 * time.Second)
+	for {
+		p.mu.Lock()
+		v, ok := p.done[id]
+		p.mu.Unlock()
+		if ok {
+			return v, true
+		}
+		select {
+		case <-p.changed:
+		case <-deadline:
+			return "", false
+		}
+	}
 }
 
 // fixture is an engine on a real datapath attached to a fresh child
@@ -476,15 +489,23 @@ func TestUnansweredPromptDeniedAtTimeout(t *testing.T) {
 	if r.Err != "ECONNABORTED" {
 		t.Errorf("unanswered: err %q, want ECONNABORTED", r.Err)
 	}
-	if v, ok := f.pr.resolved(p.ID); !ok || v != dbusapi.Deny {
-		t.Errorf("prompt resolved %v %v, want deny", v, ok)
-	}
-	cs, err := f.e.Counters(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if cs.TimedOut != 1 || cs.Held != 1 {
-		t.Errorf("counters %+v: want 1 held, 1 timed out", cs)
+	// The kernel aborts the socket before the prompt is withdrawn and
+	// counted: wait for both.
+	var cs dbusapi.Counters
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var err error
+		if cs, err = f.e.Counters(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		v, ok := f.pr.resolved(p.ID)
+		if ok && v == dbusapi.Deny && cs.TimedOut == 1 && cs.Held == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("prompt resolved %v %v, counters %+v: want deny, 1 held, 1 timed out", v, ok, cs)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 	if err := f.e.Answer(context.Background(), dbusapi.Answer{ID: p.ID, Verdict: dbusapi.Allow, Scope: dbusapi.Once}); !errors.Is(err, dbusapi.ErrNotFound) {
 		t.Errorf("answer after the timeout: %v, want ErrNotFound", err)
