@@ -28,9 +28,15 @@ all: build
 build:
 	$(GO) build -trimpath -o $(BIN)/ ./cmd/...
 
+# Runs the helper in the foreground on the system bus, with the bus policy
+# and polkit actions it needs installed. AEGIS_FLAGS passes flags, e.g.
+# AEGIS_FLAGS="--cgroup /sys/fs/cgroup/some.slice --log-level debug".
 run: build
 	@if [ "$$(id -u)" != 0 ]; then echo "aegis-helper needs root: sudo make run" >&2; exit 1; fi
-	$(BIN)/aegis-helper
+	install -D -m 0644 systemd/io.github.aegisfw.Aegis1.conf $(PREFIX)/share/dbus-1/system.d/io.github.aegisfw.Aegis1.conf
+	install -D -m 0644 polkit/io.github.aegisfw.aegis.policy $(PREFIX)/share/polkit-1/actions/io.github.aegisfw.aegis.policy
+	@if [ ! -S /run/dbus/system_bus_socket ]; then echo "no system bus: start dbus first" >&2; exit 1; fi
+	$(BIN)/aegis-helper $(AEGIS_FLAGS)
 
 deps:
 	@missing=""; for p in $(DEB_PACKAGES); do \
