@@ -259,11 +259,20 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } pending SEC(".maps");
 
+/* An unknown app's destination, reported once in learning mode. */
+struct report_key {
+	struct exe_key exe;
+	__u8 addr[16];
+	__u16 port;
+	__u8 proto;
+	__u8 _pad[5];
+};
+
 /* Unknown (app, destination) pairs already reported in learning mode. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
-	__type(key, struct pending_key);
+	__type(key, struct report_key);
 	__type(value, __u8);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } reported SEC(".maps");
@@ -516,10 +525,9 @@ static __always_inline int unknown_verdict(const struct config *c, __u8 *reason)
 /* report_once sends ev unless its (app, destination) was reported lately. */
 static __always_inline void report_once(const struct conn_event *ev)
 {
-	struct pending_key rk = { .port = ev->dport, .proto = ev->proto };
+	struct report_key rk = { .exe = ev->exe, .port = ev->dport, .proto = ev->proto };
 	__u8 one = 1;
 
-	rk.cookie = ev->exe.ino ^ ((__u64)ev->exe.dev << 32) ^ ev->exe.ctime_ns;
 	__builtin_memcpy(rk.addr, ev->daddr, 16);
 	if (bpf_map_update_elem(&reported, &rk, &one, BPF_NOEXIST) == 0)
 		emit(ev);

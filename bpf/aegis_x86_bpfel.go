@@ -161,6 +161,15 @@ const (
 	aegisReasonREASON_DECISION aegisReason = 5
 )
 
+type aegisReportKey struct {
+	_     structs.HostLayout
+	Exe   aegisExeKey
+	Addr  [16]uint8
+	Port  uint16
+	Proto uint8
+	Pad   [5]uint8
+}
+
 type aegisSockState struct {
 	_           structs.HostLayout
 	Exe         aegisExeKey

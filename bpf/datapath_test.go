@@ -540,6 +540,13 @@ func TestLearningModePassesAndReportsOnce(t *testing.T) {
 	if n != 1 {
 		t.Errorf("%d reports for one app and destination, want 1", n)
 	}
+
+	// A consumer that could not use the report asks for the next one.
+	if err := f.dp.ReportAgain(ev); err != nil {
+		t.Fatal(err)
+	}
+	r := f.cg.Run(t, noOpts, "connect", f.tcp4.String(), "2000")
+	f.waitEvent(t, "reported again", func(e Event) bool { return e.Dst == f.tcp4 && e.PID == uint32(r.PID) })
 }
 
 func TestFullRingBufferReconciledFromPending(t *testing.T) {

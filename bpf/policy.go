@@ -333,3 +333,15 @@ func (d *Datapath) Counters() (Counters, error) {
 		AbortedConns: sum[aegisCounterCOUNTER_KILLED],
 	}, nil
 }
+
+// ReportAgain lets the kernel report ev's app and destination again. In
+// learning mode each (app, destination) is reported once; a consumer that
+// could not use a report (the process exited before it was verified) asks
+// for the next one.
+func (d *Datapath) ReportAgain(ev Event) error {
+	k := aegisReportKey{Exe: ev.Exe, Addr: ev.raw, Port: ev.Dst.Port(), Proto: ev.Proto}
+	if err := d.objs.Reported.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("clear report of %v: %w", ev.Dst, err)
+	}
+	return nil
+}

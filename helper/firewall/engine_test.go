@@ -783,6 +783,44 @@ func TestProcessExitingDuringVerification(t *testing.T) {
 	_ = c
 }
 
+func TestShortLivedAppLearnedOnItsNextRun(t *testing.T) {
+	f := newFixture(t, options{noRun: true})
+	var first atomic.Bool
+	first.Store(true)
+	f.e.beforeVerify = func(ev bpf.Event) {
+		if first.CompareAndSwap(true, false) {
+			// The first run is gone before the engine looks at it.
+			waitFor(t, "client exit", func() bool {
+				st, err := proc.FS{}.Stat(int(ev.PID))
+				return err != nil || st.State == "Z"
+			})
+		}
+	}
+	f.run(t)
+	if err := f.e.SetMode(context.Background(), dbusapi.Learning); err != nil {
+		t.Fatal(err)
+	}
+	if r := f.cg.Run(t, noOpts, "connect", f.tcp.String(), "2000"); r.Err != "" {
+		t.Fatalf("first run: %s", r.Err)
+	}
+	waitFor(t, "first run handled", func() bool { return !first.Load() })
+	time.Sleep(100 * time.Millisecond) // the first report is settled
+	if ls, _ := f.e.Learned(context.Background()); len(ls) != 0 {
+		t.Fatalf("learned %+v from a process that was gone", ls)
+	}
+	// The next run of the same app to the same destination is reported
+	// again and learned.
+	c := f.startClient(t)
+	if r := c.connect(t, f.tcp, 5000); r.Err != "" {
+		t.Fatalf("second run: %s", r.Err)
+	}
+	waitFor(t, "learned on the second run", func() bool {
+		ls, _ := f.e.Learned(context.Background())
+		return len(ls) == 1 && ls[0].Path == f.self
+	})
+	c.exit()
+}
+
 func TestReconciledDuplicateNotPromptedTwice(t *testing.T) {
 	f := newFixture(t, options{})
 	c := f.cg.Start(t, noOpts, "connect", f.tcp.String(), "10000")

@@ -35,11 +35,20 @@ type learnedApp struct {
 
 // learn handles a connection the kernel let pass in learning mode.
 func (e *Engine) learn(ev bpf.Event) {
+	if e.beforeVerify != nil {
+		e.beforeVerify(ev)
+	}
 	exe, err := e.proc.OpenExe(ev.PID, toProcKey(ev.Exe), ev.ProcessStart)
 	if err != nil {
 		// Nothing trustworthy to record about a process that is gone or
 		// is not the one the kernel saw.
 		e.log.Debug("learning: cannot verify process", "pid", ev.PID, "dst", ev.Dst, "err", err)
+		// The kernel reports each app and destination once: let the
+		// next connection be reported, so short-lived apps are learned
+		// when a later run is verified in time.
+		if err := e.dp.ReportAgain(ev); err != nil {
+			e.log.Warn("learning: re-arm report", "dst", ev.Dst, "err", err)
+		}
 		e.mu.Lock()
 		e.recordLocked(ev, "", dbusapi.Allow, howLearning)
 		e.mu.Unlock()
