@@ -123,6 +123,9 @@ func Open(opts Options) (_ *Datapath, err error) {
 			root = DefaultPinRoot
 		}
 		d.pinDir = filepath.Join(root, fmt.Sprintf("v%d", LayoutVersion))
+		if err := ensureBPFFS(root); err != nil {
+			return nil, err
+		}
 		if err := os.MkdirAll(d.pinDir, 0o700); err != nil {
 			return nil, fmt.Errorf("create pin directory: %w", err)
 		}
@@ -213,6 +216,37 @@ func (d *Datapath) attach(spec *ebpf.CollectionSpec) error {
 				return fmt.Errorf("pin link %s: %w", name, err)
 			}
 		}
+	}
+	return nil
+}
+
+// bpffsMount is where systems mount the BPF file system.
+const bpffsMount = "/sys/fs/bpf"
+
+// ensureBPFFS checks that dir is (or will be created) on a BPF file
+// system, mounting one at /sys/fs/bpf when dir is below it and nothing is
+// mounted there yet, as on systems without systemd.
+func ensureBPFFS(dir string) error {
+	p := filepath.Clean(dir)
+	for {
+		var fs unix.Statfs_t
+		err := unix.Statfs(p, &fs)
+		if err == nil {
+			if fs.Type == unix.BPF_FS_MAGIC {
+				return nil
+			}
+			break
+		}
+		if !errors.Is(err, unix.ENOENT) || p == "/" {
+			return fmt.Errorf("statfs %s: %w", p, err)
+		}
+		p = filepath.Dir(p)
+	}
+	if p != bpffsMount && !strings.HasPrefix(filepath.Clean(dir), bpffsMount+"/") {
+		return fmt.Errorf("pin root %s is not on a BPF file system", dir)
+	}
+	if err := unix.Mount("bpf", bpffsMount, "bpf", 0, "mode=0700"); err != nil {
+		return fmt.Errorf("mount the BPF file system at %s: %w", bpffsMount, err)
 	}
 	return nil
 }

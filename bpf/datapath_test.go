@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -916,5 +917,14 @@ func TestPeerInNetworkNamespace(t *testing.T) {
 	}
 	if r := f.cg.Run(t, noOpts, "connect", f.tcp4.String(), "2000"); r.Err != "" {
 		t.Errorf("connect outside the denied network: %s", r.Err)
+	}
+}
+
+func TestPinRootMustBeOnBPFFS(t *testing.T) {
+	kerneltest.Require(t)
+	cg := kerneltest.NewCgroup(t)
+	_, err := Open(Options{Cgroup: cg.Path, PinRoot: t.TempDir()})
+	if err == nil || !strings.Contains(err.Error(), "not on a BPF file system") {
+		t.Fatalf("open with a pin root on tmpfs: %v, want a clear refusal", err)
 	}
 }
