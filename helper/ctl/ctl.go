@@ -56,7 +56,7 @@ commands:
   learned                         apps recorded in learning mode
   adopt PATH... | --all           turn learned apps into allow rules
   prompts                         pending prompts about your processes
-  answer ID allow|deny [--scope once|until-quit|always]
+  answer ID allow|deny [--scope once|until-quit|always|always-all-users]
   flows                           the connection table
   watch                           print the helper's signals as they come
   agent                           show prompts as they come (answer with "answer")
@@ -459,9 +459,9 @@ func checkAnswer(c *command) error {
 		return usageErr("verdict %q: want allow or deny", c.args[1])
 	}
 	switch dbusapi.Scope(c.scope) {
-	case dbusapi.Once, dbusapi.UntilQuit, dbusapi.Always:
+	case dbusapi.Once, dbusapi.UntilQuit, dbusapi.Always, dbusapi.AlwaysAllUsers:
 	default:
-		return usageErr("--scope %q: want once, until-quit or always", c.scope)
+		return usageErr("--scope %q: want once, until-quit, always or always-all-users", c.scope)
 	}
 	return nil
 }

@@ -268,6 +268,7 @@ func TestMutatingMethodsAuthorization(t *testing.T) {
 		{"Answer", func(uid uint32) []any { return []any{promptID(uid), "allow", "once"} }, true},
 		{"Answer", func(uid uint32) []any { return []any{promptID(uid), "deny", "until-quit"} }, true},
 		{"Answer", func(uid uint32) []any { return []any{promptID(uid), "allow", "always"} }, false},
+		{"Answer", func(uid uint32) []any { return []any{promptID(uid), "deny", "always-all-users"} }, false},
 	}
 	callers := []struct {
 		name        string

@@ -308,7 +308,7 @@ func (s *Server) answer(c call, id, verdict, scope string) error {
 		return fmt.Errorf("prompt %s is about a process of uid %d: %w", id, p.UID, ErrNotAuthorized)
 	}
 	action := authz.ActionAnswerPrompt
-	if sc == Always {
+	if sc == Always || sc == AlwaysAllUsers {
 		action = authz.ActionModifyRules
 	}
 	if err := s.authorize(c, action); err != nil {

@@ -27,8 +27,10 @@ const (
 	Once Scope = "once"
 	// UntilQuit decides the prompted process until it exits.
 	UntilQuit Scope = "until-quit"
-	// Always writes a persistent rule.
+	// Always writes a persistent rule for the process's user.
 	Always Scope = "always"
+	// AlwaysAllUsers writes a persistent rule for every user.
+	AlwaysAllUsers Scope = "always-all-users"
 )
 
 // HashState is whether an app's file still matches its registered hash.

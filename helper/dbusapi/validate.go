@@ -65,7 +65,7 @@ func validateVerdict(v string) (Verdict, error) {
 
 func validateScope(s string) (Scope, error) {
 	switch Scope(s) {
-	case Once, UntilQuit, Always:
+	case Once, UntilQuit, Always, AlwaysAllUsers:
 		return Scope(s), nil
 	}
 	return "", fmt.Errorf("unknown scope %.64q: %w", s, ErrInvalidArgument)

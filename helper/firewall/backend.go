@@ -372,8 +372,11 @@ func (e *Engine) Answer(_ context.Context, a dbusapi.Answer) error {
 			// still decides the held requests.
 			e.log.Warn("until-quit rule not kept", "prompt", a.ID, "pid", p.msg.PID, "err", err)
 		}
-	case dbusapi.Always:
+	case dbusapi.Always, dbusapi.AlwaysAllUsers:
 		app := rules.App{Path: p.path, SHA256: p.sha, UID: p.msg.UID, Verdict: ruleVerdict(a.Verdict)}
+		if a.Scope == dbusapi.AlwaysAllUsers {
+			app.UID = rules.AnyUser
+		}
 		now := time.Now().UTC().Truncate(time.Second)
 		app.FirstSeen, app.LastSeen = now, now
 		if err := e.updateRules(func(s *rules.Set) error { upsert(s, app); return nil }); err != nil {
@@ -395,7 +398,7 @@ func (e *Engine) Answer(_ context.Context, a dbusapi.Answer) error {
 		var more []string
 		for id, q := range e.prompts {
 			if q.key.exe == p.key.exe && q.key.uid == p.key.uid &&
-				(a.Scope == dbusapi.Always || q.msg.PID == p.msg.PID && q.start == p.start) {
+				(a.Scope != dbusapi.UntilQuit || q.msg.PID == p.msg.PID && q.start == p.start) {
 				more = append(more, id)
 			}
 		}

@@ -527,35 +527,42 @@ func TestNoAgentDeniesAtOnceWhenConfigured(t *testing.T) {
 }
 
 func TestAlwaysPersistsRule(t *testing.T) {
-	f := newFixture(t, options{})
-	c := f.cg.Start(t, noOpts, "connect", f.tcp.String(), "10000")
-	p := f.pr.wait(t, "held connect", byPID(c.PID))
-	f.answer(t, p.ID, dbusapi.Allow, dbusapi.Always)
-	if r := c.Next(t); r.Err != "" {
-		t.Fatalf("connect after always: %s", r.Err)
+	tests := []struct {
+		scope dbusapi.Scope
+		uid   uint32
+	}{
+		{dbusapi.Always, 0},
+		{dbusapi.AlwaysAllUsers, rules.AnyUser},
 	}
-	c.Wait(t)
-	b, err := os.ReadFile(f.rulesFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	set, err := rules.Parse(f.rulesFile, b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := []rules.App{{Path: f.self, SHA256: sha256Of(t, f.self), UID: 0, Verdict: rules.Allow}}
-	var got []rules.App
-	for _, a := range set.Apps {
-		got = append(got, rules.App{Path: a.Path, SHA256: a.SHA256, UID: a.UID, Verdict: a.Verdict})
-	}
-	if d := cmp.Diff(want, got); d != "" {
-		t.Errorf("rule file apps (-want +got):\n%s", d)
-	}
-	if r := f.cg.Run(t, noOpts, "connect", f.tcp.String(), "5000"); r.Err != "" {
-		t.Errorf("second connection: %s", r.Err)
-	}
-	if n := f.pr.count(); n != 1 {
-		t.Errorf("%d prompts, want 1", n)
+	for _, tt := range tests {
+		t.Run(string(tt.scope), func(t *testing.T) {
+			f := newFixture(t, options{})
+			c := f.cg.Start(t, noOpts, "connect", f.tcp.String(), "10000")
+			p := f.pr.wait(t, "held connect", byPID(c.PID))
+			f.answer(t, p.ID, dbusapi.Allow, tt.scope)
+			if r := c.Next(t); r.Err != "" {
+				t.Fatalf("connect after %s: %s", tt.scope, r.Err)
+			}
+			c.Wait(t)
+			set, err := rules.Parse(f.rulesFile, mustRead(t, f.rulesFile))
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := []rules.App{{Path: f.self, SHA256: sha256Of(t, f.self), UID: tt.uid, Verdict: rules.Allow}}
+			var got []rules.App
+			for _, a := range set.Apps {
+				got = append(got, rules.App{Path: a.Path, SHA256: a.SHA256, UID: a.UID, Verdict: a.Verdict})
+			}
+			if d := cmp.Diff(want, got); d != "" {
+				t.Errorf("rule file apps (-want +got):\n%s", d)
+			}
+			if r := f.cg.Run(t, noOpts, "connect", f.tcp.String(), "5000"); r.Err != "" {
+				t.Errorf("second connection: %s", r.Err)
+			}
+			if n := f.pr.count(); n != 1 {
+				t.Errorf("%d prompts, want 1", n)
+			}
+		})
 	}
 }
 
