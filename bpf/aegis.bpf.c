@@ -356,32 +356,31 @@ struct inode___old {
 
 static __always_inline void read_exe(struct exe_key *k, __u64 *start_ns)
 {
-	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+	/* A trusted BTF pointer: the reads below are plain loads, not
+	 * bpf_probe_read_kernel calls. */
+	struct task_struct *t = bpf_get_current_task_btf();
 
-	*start_ns = BPF_CORE_READ(t, group_leader, start_boottime);
-	struct file *f = BPF_CORE_READ(t, mm, exe_file);
-	if (!f)
+	*start_ns = t->group_leader->start_boottime;
+	struct mm_struct *mm = t->mm;
+	if (!mm)
 		return; /* kernel thread */
-	struct inode *ino = BPF_CORE_READ(f, f_inode);
+	struct file *f = mm->exe_file;
+	if (!f)
+		return;
+	struct inode *ino = f->f_inode;
 	if (!ino)
 		return;
-	k->ino = BPF_CORE_READ(ino, i_ino);
-	k->dev = BPF_CORE_READ(ino, i_sb, s_dev);
+	k->ino = ino->i_ino;
+	k->dev = ino->i_sb->s_dev;
 	if (bpf_core_field_exists(ino->i_ctime_sec)) {
-		__s64 s = BPF_CORE_READ(ino, i_ctime_sec);
 		/* 6.13+ multigrain timestamps keep a QUERIED flag in bit 31. */
-		__u32 ns = BPF_CORE_READ(ino, i_ctime_nsec) & 0x3fffffff;
-		k->ctime_ns = (__u64)s * 1000000000ULL + ns;
+		k->ctime_ns = (__u64)ino->i_ctime_sec * 1000000000ULL + (ino->i_ctime_nsec & 0x3fffffff);
 	} else if (bpf_core_field_exists(((struct inode___v66 *)ino)->__i_ctime)) {
 		struct inode___v66 *i2 = (void *)ino;
-		__s64 s = BPF_CORE_READ(i2, __i_ctime.tv_sec);
-		__s64 ns = BPF_CORE_READ(i2, __i_ctime.tv_nsec);
-		k->ctime_ns = (__u64)s * 1000000000ULL + ns;
+		k->ctime_ns = (__u64)i2->__i_ctime.tv_sec * 1000000000ULL + i2->__i_ctime.tv_nsec;
 	} else {
 		struct inode___old *i3 = (void *)ino;
-		__s64 s = BPF_CORE_READ(i3, i_ctime.tv_sec);
-		__s64 ns = BPF_CORE_READ(i3, i_ctime.tv_nsec);
-		k->ctime_ns = (__u64)s * 1000000000ULL + ns;
+		k->ctime_ns = (__u64)i3->i_ctime.tv_sec * 1000000000ULL + i3->i_ctime.tv_nsec;
 	}
 }
 
