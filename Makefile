@@ -19,7 +19,8 @@ export PATH := $(PATH):/usr/local/go/bin
 # Debian packages: the eBPF toolchain for `make generate`, and what the
 # tests drive for real (dbus-daemon, polkitd, setpriv, useradd, ...).
 DEB_PACKAGES := clang llvm libbpf-dev bpftool iproute2 coreutils dpkg dash util-linux passwd \
-	dbus-daemon dbus-bin polkitd systemd
+	dbus-daemon dbus-bin polkitd systemd \
+	xvfb dunst xfce4-panel imagemagick
 
 .PHONY: all build run test test-go bench generate check-generate vmlinux lint deps install uninstall clean
 
@@ -79,6 +80,9 @@ install: build
 	install -D -m 0755 $(BIN)/aegis-helper $(DESTDIR)$(LIBEXECDIR)/aegis-helper
 	install -D -m 0755 $(BIN)/aegisctl $(DESTDIR)$(PREFIX)/bin/aegisctl
 	@if [ -f $(BIN)/aegis-tray ]; then install -D -m 0755 $(BIN)/aegis-tray $(DESTDIR)$(PREFIX)/bin/aegis-tray; fi
+	install -D -m 0644 systemd/aegis-tray.desktop $(DESTDIR)$(SYSCONFDIR)/xdg/autostart/aegis-tray.desktop
+	for s in enforcing learning alert disconnected; do \
+		install -D -m 0644 icons/aegis-$$s.svg $(DESTDIR)$(PREFIX)/share/icons/hicolor/scalable/apps/aegis-$$s.svg; done
 	install -D -m 0644 systemd/aegis-helper.service $(DESTDIR)/lib/systemd/system/aegis-helper.service
 	install -D -m 0644 systemd/io.github.aegisfw.Aegis1.conf $(DESTDIR)$(PREFIX)/share/dbus-1/system.d/io.github.aegisfw.Aegis1.conf
 	install -D -m 0644 systemd/io.github.aegisfw.Aegis1.service $(DESTDIR)$(PREFIX)/share/dbus-1/system-services/io.github.aegisfw.Aegis1.service
