@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -485,11 +486,14 @@ func (it *trayItem) waitItem(t *testing.T, prefix string, ok func(menuNode) bool
 	return got
 }
 
-func (it *trayItem) click(t *testing.T, id int32) {
+func (it *trayItem) click(t *testing.T, id int32) { it.event(t, id, "clicked") }
+
+// event sends a dbusmenu event as a host does when the user acts.
+func (it *trayItem) event(t *testing.T, id int32, name string) {
 	t.Helper()
-	err := it.menu.Call("com.canonical.dbusmenu.Event", 0, id, "clicked", dbus.MakeVariant(int32(0)), uint32(time.Now().Unix())).Err
+	err := it.menu.Call("com.canonical.dbusmenu.Event", 0, id, name, dbus.MakeVariant(int32(0)), uint32(time.Now().Unix())).Err
 	if err != nil {
-		t.Fatalf("click item %d: %v", id, err)
+		t.Fatalf("%s item %d: %v", name, id, err)
 	}
 }
 
@@ -532,11 +536,16 @@ func startTray(t *testing.T, d *desktop, h *helperEnv) (*trayItem, *exec.Cmd) {
 	name := fmt.Sprintf("org.kde.StatusNotifierItem-%d-1", cmd.Process.Pid)
 	d.waitName(t, name)
 	it := &trayItem{sni: d.conn.Object(name, "/StatusNotifierItem")}
-	v, err := it.sni.GetProperty("org.kde.StatusNotifierItem.Menu")
-	if err != nil {
-		t.Fatalf("Menu property: %v", err)
-	}
-	it.menu = d.conn.Object(name, v.Value().(dbus.ObjectPath))
+	// fyne.io/systray takes its name before it exports the properties.
+	var menu dbus.ObjectPath
+	testbus.WaitFor(t, wait, "the item's Menu property", func() bool {
+		v, err := it.sni.GetProperty("org.kde.StatusNotifierItem.Menu")
+		if err == nil {
+			menu, _ = v.Value().(dbus.ObjectPath)
+		}
+		return menu != ""
+	})
+	it.menu = d.conn.Object(name, menu)
 	return it, cmd
 }
 
@@ -633,6 +642,25 @@ func TestTrayDesktop(t *testing.T) {
 		}
 	})
 
+	t.Run("menu Allow once", func(t *testing.T) {
+		it.waitItem(t, "Pending (0)", nil)
+		c := h.connect(t)
+		pending := it.waitItem(t, "Pending (1)", nil)
+		var once menuNode
+		testbus.WaitFor(t, wait, "the prompt's Allow once item", func() bool {
+			var ok bool
+			pending, _ = it.layout(t).find("Pending (1)")
+			once, ok = pending.find("Allow once")
+			return ok && once.Enabled
+		})
+		it.click(t, once.ID)
+		if r := c.Next(t); r.Err != "" {
+			t.Errorf("connect after the menu's Allow once: %s, want success", r.Err)
+		}
+		c.Wait(t)
+		it.waitItem(t, "Pending (0)", nil)
+	})
+
 	t.Run("tampering alerts", func(t *testing.T) {
 		if err := os.WriteFile(h.cfg.RulesFile, []byte("# edited behind the helper's back\n"), 0o600); err != nil {
 			t.Fatal(err)
@@ -654,6 +682,72 @@ func TestTrayDesktop(t *testing.T) {
 		// The prompt agent registered again.
 		if r := answer(t, "Deny"); r.Err != "ECONNABORTED" {
 			t.Errorf("connect after Deny: %q, want ECONNABORTED", r.Err)
+		}
+	})
+
+	t.Run("changed hash alerts and rehash", func(t *testing.T) {
+		exe := filepath.Join(t.TempDir(), "fetcher")
+		if err := os.WriteFile(exe, []byte("#!/bin/sh\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := client.Allow(ctx, exe, dbusapi.AnyUser); err != nil {
+			t.Fatalf("allow %s: %v", exe, err)
+		}
+		it.waitItem(t, "fetcher (allow)", nil)
+		f, err := os.OpenFile(exe, os.O_WRONLY|os.O_APPEND, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.WriteString("exit 0\n")
+		f.Close()
+		notes.await(t, "about the changed binary", func(n notifyCall) bool { return n.Summary == "Aegis: fetcher changed" })
+		it.waitItem(t, "fetcher (allow, changed)", nil)
+		it.waitIcon(t, icons.Alert)
+		var rehash menuNode
+		testbus.WaitFor(t, wait, "the app's Rehash item", func() bool {
+			app, ok := it.layout(t).find("fetcher (allow, changed)")
+			if ok {
+				rehash, ok = app.find("Rehash")
+			}
+			return ok && rehash.Enabled
+		})
+		it.click(t, rehash.ID)
+		notes.await(t, "about the rehash", func(n notifyCall) bool {
+			return n.Summary == "Aegis: rehashed fetcher" && strings.HasSuffix(n.Body, "modified outside the package manager")
+		})
+		it.waitItem(t, "fetcher (allow)", nil)
+		it.waitIcon(t, icons.Enforcing)
+	})
+
+	t.Run("learned apps adopted from the menu", func(t *testing.T) {
+		if err := client.SetMode(ctx, dbusapi.Learning); err != nil {
+			t.Fatal(err)
+		}
+		it.waitIcon(t, icons.Learning)
+		exe := kerneltest.SharedCopy(t)
+		c := h.cg.Start(t, kerneltest.Options{Exe: exe}, "connectmany", h.tcp.String(), "1")
+		if r := c.Next(t); r.Err != "" {
+			t.Fatalf("connect in learning mode: %s", r.Err)
+		}
+		// The client stays alive until the helper has looked at it.
+		defer c.Wait(t)
+		// No signal announces a learned app: the tray reads the list
+		// when its menu opens, as a host shows it.
+		var all menuNode
+		testbus.WaitFor(t, wait, "Allow all learned", func() bool {
+			it.event(t, 0, "opened")
+			learned, ok := it.layout(t).find("Learned (1)")
+			if ok {
+				all, ok = learned.find("Allow all learned")
+			}
+			return ok
+		})
+		it.click(t, all.ID)
+		it.waitItem(t, "Learned (0)", nil)
+		it.waitItem(t, filepath.Base(exe)+" (allow)", nil)
+		apps, err := client.Apps(ctx)
+		if err != nil || !slices.ContainsFunc(apps, func(a dbusapi.App) bool { return a.Path == exe && a.Verdict == dbusapi.Allow }) {
+			t.Errorf("apps = %+v, %v; want %s allowed", apps, err, exe)
 		}
 	})
 }

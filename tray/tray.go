@@ -217,7 +217,9 @@ func (t *trayApp) loop(ctx context.Context) error {
 		case a := <-t.clicks:
 			t.onClick(ctx, a)
 		case <-systray.TrayOpenedCh:
-			t.refresh(ctx, refreshFlows)
+			// Learned apps and flows change without a signal: read
+			// them when the user looks.
+			t.refresh(ctx, refreshStatus|refreshLearned|refreshFlows)
 		case f := <-t.inbox:
 			f()
 		}
