@@ -101,6 +101,10 @@ func Run(ctx context.Context, cfg Config) error {
 		inbox:    make(chan func(), 256),
 		clicks:   make(chan Action, 16),
 		icon:     -1,
+		pngs:     map[icons.State][]byte{},
+	}
+	for _, s := range icons.States {
+		t.pngs[s] = icons.PNG(s, iconSize)
 	}
 	t.menu = newSysMenu(t.clicks, ctx.Done())
 	if err := t.subscribe(ctx); err != nil {
@@ -159,6 +163,8 @@ type trayApp struct {
 	icon icons.State
 
 	notes *promptNotes
+	// pngs holds the icon of each state, rendered once.
+	pngs map[icons.State][]byte
 	// hashStates remembers each app's hash state to alert on changes.
 	hashStates map[string]dbusapi.HashState
 }
@@ -503,7 +509,7 @@ func (t *trayApp) actionFailed(what string, err error) {
 // alert shows a plain notification. beeep shares the process's session
 // bus connection and falls back to notify-send.
 func (t *trayApp) alert(title, body string, s icons.State) {
-	if err := notify.Alert(title, body, icons.PNG(s, iconSize)); err != nil {
+	if err := notify.Alert(title, body, t.pngs[s]); err != nil {
 		t.log.Warn("alert", "title", title, "err", err)
 	}
 }
@@ -530,7 +536,7 @@ func (t *trayApp) reapplyLook() {
 }
 
 func (t *trayApp) setLook(st State) {
-	systray.SetIcon(icons.PNG(IconState(st), iconSize))
+	systray.SetIcon(t.pngs[IconState(st)])
 	systray.SetTitle("Aegis")
 	systray.SetTooltip(StatusLine(st))
 }
