@@ -324,18 +324,13 @@ type helperEnv struct {
 	cg        *kerneltest.Cgroup
 	cfg       daemon.Config
 	clientExe string
-	tcp       netip.AddrPort
+	// tcp and tcp2 accept and close connections on loopback.
+	tcp, tcp2 netip.AddrPort
 	stop      func()
 }
 
-func startHelperEnv(t *testing.T) *helperEnv {
+func listen(t *testing.T) netip.AddrPort {
 	t.Helper()
-	kerneltest.Require(t)
-	h := &helperEnv{
-		bus:       testbus.Start(t, testbus.Options{PolicyFiles: []string{testbus.ModuleFile(t, "systemd/io.github.aegisfw.Aegis1.conf")}}),
-		cg:        kerneltest.NewCgroup(t),
-		clientExe: kerneltest.SharedCopy(t),
-	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -350,7 +345,18 @@ func startHelperEnv(t *testing.T) *helperEnv {
 			c.Close()
 		}
 	}()
-	h.tcp = ln.Addr().(*net.TCPAddr).AddrPort()
+	return ln.Addr().(*net.TCPAddr).AddrPort()
+}
+
+func startHelperEnv(t *testing.T) *helperEnv {
+	t.Helper()
+	kerneltest.Require(t)
+	h := &helperEnv{
+		bus:       testbus.Start(t, testbus.Options{PolicyFiles: []string{testbus.ModuleFile(t, "systemd/io.github.aegisfw.Aegis1.conf")}}),
+		cg:        kerneltest.NewCgroup(t),
+		clientExe: kerneltest.SharedCopy(t),
+	}
+	h.tcp, h.tcp2 = listen(t), listen(t)
 	dir := t.TempDir()
 	etc, state := filepath.Join(dir, "etc-aegis"), filepath.Join(dir, "var-lib-aegis")
 	for _, p := range []string{etc, state} {
@@ -397,10 +403,13 @@ func (h *helperEnv) start(t *testing.T) {
 	})
 }
 
-// connect starts a blocking TCP connect, as root, from a client in the cgroup.
-func (h *helperEnv) connect(t *testing.T) *kerneltest.Client {
+// connect starts a blocking TCP connect to h.tcp, as root, from a client
+// in the cgroup.
+func (h *helperEnv) connect(t *testing.T) *kerneltest.Client { return h.connectTo(t, h.tcp) }
+
+func (h *helperEnv) connectTo(t *testing.T, dst netip.AddrPort) *kerneltest.Client {
 	t.Helper()
-	return h.cg.Start(t, kerneltest.Options{Exe: h.clientExe}, "connect", h.tcp.String(), "15000")
+	return h.cg.Start(t, kerneltest.Options{Exe: h.clientExe}, "connect", dst.String(), "15000")
 }
 
 // trayItem is the tray's StatusNotifierItem as a host sees it.
@@ -642,9 +651,42 @@ func TestTrayDesktop(t *testing.T) {
 		}
 	})
 
+	t.Run("prompts of one app coalesce", func(t *testing.T) {
+		d.run(t, "dunstctl", "close-all")
+		it.waitItem(t, "Pending (0)", nil)
+		first := h.connect(t)
+		notes.await(t, "about the first connection", func(n notifyCall) bool {
+			return n.ReplacesID == 0 && n.Summary == "Aegis: "+filepath.Base(h.clientExe)
+		})
+		// The helper coalesces connections to one destination into one
+		// prompt; another destination is another prompt of the same app.
+		second := h.connectTo(t, h.tcp2)
+		notes.await(t, "replacing it for both", func(n notifyCall) bool {
+			return n.ReplacesID != 0 && n.Summary == "Aegis: "+filepath.Base(h.clientExe)+" (2 connections)"
+		})
+		it.waitItem(t, "Pending (2)", nil)
+		if n := d.run(t, "dunstctl", "count", "displayed"); n != "1" {
+			t.Errorf("dunst displays %s notifications, want 1", n)
+		}
+		if err := os.WriteFile(d.pick, []byte("Allow once"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		d.run(t, "dunstctl", "context")
+		for _, c := range []*kerneltest.Client{first, second} {
+			if r := c.Next(t); r.Err != "" {
+				t.Errorf("connect after Allow once for both: %s, want success", r.Err)
+			}
+			c.Wait(t)
+		}
+	})
+
 	t.Run("menu Allow once", func(t *testing.T) {
+		d.run(t, "dunstctl", "close-all")
 		it.waitItem(t, "Pending (0)", nil)
 		c := h.connect(t)
+		testbus.WaitFor(t, wait, "the prompt's notification", func() bool {
+			return d.run(t, "dunstctl", "count", "displayed") == "1"
+		})
 		pending := it.waitItem(t, "Pending (1)", nil)
 		var once menuNode
 		testbus.WaitFor(t, wait, "the prompt's Allow once item", func() bool {
@@ -659,6 +701,10 @@ func TestTrayDesktop(t *testing.T) {
 		}
 		c.Wait(t)
 		it.waitItem(t, "Pending (0)", nil)
+		// The helper withdrew the answered prompt: its notification closed.
+		testbus.WaitFor(t, wait, "the notification to close", func() bool {
+			return d.run(t, "dunstctl", "count", "displayed") == "0"
+		})
 	})
 
 	t.Run("tampering alerts", func(t *testing.T) {
@@ -715,8 +761,17 @@ func TestTrayDesktop(t *testing.T) {
 		notes.await(t, "about the rehash", func(n notifyCall) bool {
 			return n.Summary == "Aegis: rehashed fetcher" && strings.HasSuffix(n.Body, "modified outside the package manager")
 		})
-		it.waitItem(t, "fetcher (allow)", nil)
+		app := it.waitItem(t, "fetcher (allow)", nil)
 		it.waitIcon(t, icons.Enforcing)
+		forget, ok := app.find("Forget")
+		if !ok {
+			t.Fatalf("no Forget item under %q", app.Label)
+		}
+		it.click(t, forget.ID)
+		testbus.WaitFor(t, wait, "the app to be forgotten", func() bool {
+			_, found := it.layout(t).find("fetcher (")
+			return !found
+		})
 	})
 
 	t.Run("learned apps adopted from the menu", func(t *testing.T) {
