@@ -250,6 +250,9 @@ func (t *trayApp) connect(ctx context.Context) {
 	}
 	cctx, cancel := context.WithTimeout(ctx, t.cfg.CallTimeout)
 	defer cancel()
+	if caps, err := t.notifier.Capabilities(cctx); err == nil {
+		t.notes.markup = slices.Contains(caps, "body-markup")
+	}
 	if err := t.client.RegisterAgent(cctx, t.cfg.AgentPath, &agent{inbox: t.inbox, t: t, ctx: ctx}); err != nil {
 		t.log.Warn("register prompt agent", "err", err)
 		return
