@@ -29,7 +29,7 @@ const (
 )
 
 // States lists every State in order.
-var States = []State{Enforcing, Learning, Alert, Disconnected}
+func States() []State { return []State{Enforcing, Learning, Alert, Disconnected} }
 
 // String returns the state's name, as used in icon names.
 func (s State) String() string {
@@ -67,10 +67,12 @@ const viewBox = 64
 
 type point struct{ x, y float64 }
 
-// shield is the outline every tray icon fills.
-var shield = []point{
-	{32, 3}, {57, 11}, {57, 31}, {53, 44}, {45, 53}, {32, 61},
-	{19, 53}, {11, 44}, {7, 31}, {7, 11},
+// shield returns the outline every tray icon fills.
+func shield() []point {
+	return []point{
+		{32, 3}, {57, 11}, {57, 31}, {53, 44}, {45, 53}, {32, 61},
+		{19, 53}, {11, 44}, {7, 31}, {7, 11},
+	}
 }
 
 // A glyph part is drawn in white on the shield.
@@ -101,7 +103,7 @@ func SVG(s State) string {
 	c := s.Colour()
 	fmt.Fprintf(&b, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" viewBox=\"0 0 %d %d\">\n", viewBox, viewBox, viewBox, viewBox)
 	fmt.Fprintf(&b, "  <title>Aegis: %s</title>\n", s)
-	fmt.Fprintf(&b, "  <path d=\"%s\" fill=\"#%02x%02x%02x\"/>\n", svgPath(shield), c.R, c.G, c.B)
+	fmt.Fprintf(&b, "  <path d=\"%s\" fill=\"#%02x%02x%02x\"/>\n", svgPath(shield()), c.R, c.G, c.B)
 	for _, p := range glyph(s) {
 		switch {
 		case p.dot:
@@ -136,9 +138,10 @@ func svgLine(pts []point) string {
 // Image renders the icon of s at size×size pixels, anti-aliased.
 func Image(s State, size int) *image.RGBA {
 	fill := s.Colour()
+	outline := shield()
 	parts := glyph(s)
 	return render(size, func(x, y float64) (color.RGBA, bool) {
-		if !inside(shield, x, y) {
+		if !inside(outline, x, y) {
 			return color.RGBA{}, false
 		}
 		for _, p := range parts {

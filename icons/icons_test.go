@@ -17,7 +17,7 @@ var update = flag.Bool("update", false, "rewrite the committed SVG files")
 // TestSVGFilesMatchGeometry checks that the committed SVG files installed
 // in the icon theme are what the geometry draws (-update rewrites them).
 func TestSVGFilesMatchGeometry(t *testing.T) {
-	for _, s := range States {
+	for _, s := range States() {
 		file := filepath.Join(".", s.Name()+".svg")
 		want := SVG(s)
 		if *update {
@@ -39,7 +39,7 @@ func TestSVGFilesMatchGeometry(t *testing.T) {
 // white glyph pixels, transparent corners, and distinct images per state.
 func TestPNG(t *testing.T) {
 	seen := map[string]State{}
-	for _, s := range States {
+	for _, s := range States() {
 		b := PNG(s, 32)
 		img, err := png.Decode(bytes.NewReader(b))
 		if err != nil {

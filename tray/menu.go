@@ -57,12 +57,11 @@ const (
 	Quit
 )
 
-var actionNames = [...]string{"none", "set-mode", "answer", "allow", "deny", "rehash", "forget", "rehash-all", "adopt-learned", "quit"}
-
 // String returns the kind's name for logs.
 func (k ActionKind) String() string {
-	if k >= 0 && int(k) < len(actionNames) {
-		return actionNames[k]
+	names := [...]string{"none", "set-mode", "answer", "allow", "deny", "rehash", "forget", "rehash-all", "adopt-learned", "quit"}
+	if k >= 0 && int(k) < len(names) {
+		return names[k]
 	}
 	return "ActionKind(" + strconv.Itoa(int(k)) + ")"
 }
@@ -107,8 +106,10 @@ type Item struct {
 	Children  []Item
 }
 
-// TopKeys are the keys of the top-level items, the same in every menu.
-var TopKeys = []string{"status", "mode", "sep-1", "pending", "learned", "apps", "recent", "sep-2", "quit"}
+// TopKeys returns the keys of the top-level items, the same in every menu.
+func TopKeys() []string {
+	return []string{"status", "mode", "sep-1", "pending", "learned", "apps", "recent", "sep-2", "quit"}
+}
 
 // IconState returns the icon the tray shows for st.
 func IconState(st State) icons.State {
@@ -149,7 +150,7 @@ func StatusLine(st State) string {
 }
 
 // BuildMenu turns st into the tray menu. Its top level always has the
-// items named by TopKeys, in that order.
+// items named by TopKeys(), in that order.
 func BuildMenu(st State) []Item {
 	learning := st.Status.Mode == dbusapi.Learning
 	modeTarget := dbusapi.Learning

@@ -280,7 +280,7 @@ func TestBuildMenuShape(t *testing.T) {
 		for _, it := range menu {
 			keys = append(keys, it.Key)
 		}
-		if diff := cmp.Diff(TopKeys, keys); diff != "" {
+		if diff := cmp.Diff(TopKeys(), keys); diff != "" {
 			t.Errorf("%s: top-level keys (-want +got):\n%s", name, diff)
 		}
 		var check func([]Item, bool)

@@ -20,11 +20,13 @@ const (
 	KeyDeny        = "deny"
 )
 
-// PromptActions are the buttons of a prompt notification.
-var PromptActions = []notify.ActionSpec{
-	{Key: KeyAllowOnce, Label: "Allow once"},
-	{Key: KeyAlwaysAllow, Label: "Always allow"},
-	{Key: KeyDeny, Label: "Deny"},
+// PromptActions returns the buttons of a prompt notification.
+func PromptActions() []notify.ActionSpec {
+	return []notify.ActionSpec{
+		{Key: KeyAllowOnce, Label: "Allow once"},
+		{Key: KeyAlwaysAllow, Label: "Always allow"},
+		{Key: KeyDeny, Label: "Deny"},
+	}
 }
 
 // noteSender is what promptNotes needs from *notify.Notifier.
@@ -204,7 +206,7 @@ func promptNotification(ps []dbusapi.Prompt, markup bool) notify.Notification {
 		Icon:    icons.Alert.Name(),
 		Summary: summary,
 		Body:    body,
-		Actions: PromptActions,
+		Actions: PromptActions(),
 		Urgency: notify.Critical,
 		// The helper withdraws the prompt at its timeout, which closes it.
 		Timeout: 0,

@@ -53,7 +53,7 @@ func TestPromptNotesCoalesce(t *testing.T) {
 	want := notify.Notification{
 		AppName: "Aegis", Icon: "aegis-alert", Summary: "Aegis: curl (2 connections)",
 		Body:    "curl wants to connect to example.com (93.184.216.34:443)\nalso 10.0.0.2:80\ngnome-terminal → bash → curl",
-		Actions: PromptActions, Urgency: notify.Critical, ReplacesID: 1,
+		Actions: PromptActions(), Urgency: notify.Critical, ReplacesID: 1,
 	}
 	if diff := cmp.Diff(want, n); diff != "" {
 		t.Errorf("coalesced notification (-want +got):\n%s", diff)

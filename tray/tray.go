@@ -103,7 +103,7 @@ func Run(ctx context.Context, cfg Config) error {
 		icon:     -1,
 		pngs:     map[icons.State][]byte{},
 	}
-	for _, s := range icons.States {
+	for _, s := range icons.States() {
 		t.pngs[s] = icons.PNG(s, iconSize)
 	}
 	t.menu = newSysMenu(t.clicks, ctx.Done())

@@ -89,17 +89,19 @@ type Notifier struct {
 }
 
 // matchOpts select the server's signals.
-var matchOpts = []dbus.MatchOption{
-	dbus.WithMatchSender(BusName),
-	dbus.WithMatchObjectPath(ObjectPath),
-	dbus.WithMatchInterface(Interface),
+func matchOpts() []dbus.MatchOption {
+	return []dbus.MatchOption{
+		dbus.WithMatchSender(BusName),
+		dbus.WithMatchObjectPath(ObjectPath),
+		dbus.WithMatchInterface(Interface),
+	}
 }
 
 // New subscribes to the notification server's signals on conn. The
 // server need not be running yet. Close ends the subscription; the
 // connection stays open.
 func New(conn *dbus.Conn, logger *slog.Logger) (*Notifier, error) {
-	if err := conn.AddMatchSignal(matchOpts...); err != nil {
+	if err := conn.AddMatchSignal(matchOpts()...); err != nil {
 		return nil, fmt.Errorf("subscribe to notification signals: %w", err)
 	}
 	n := &Notifier{
@@ -197,7 +199,7 @@ func (n *Notifier) Close() error {
 	n.once.Do(func() {
 		close(n.done)
 		n.conn.RemoveSignal(n.sigs)
-		err = n.conn.RemoveMatchSignal(matchOpts...)
+		err = n.conn.RemoveMatchSignal(matchOpts()...)
 	})
 	if err != nil {
 		return fmt.Errorf("unsubscribe from notification signals: %w", err)
