@@ -647,6 +647,8 @@ func TestChangedBinaryPromptSaysSo(t *testing.T) {
 
 func TestLearningRecordsAndAdopts(t *testing.T) {
 	f := newFixture(t, options{})
+	sig := &signals{tampered: make(chan string, 4)}
+	f.e.SetSignals(sig)
 	if err := f.e.SetMode(context.Background(), dbusapi.Learning); err != nil {
 		t.Fatal(err)
 	}
@@ -667,6 +669,9 @@ func TestLearningRecordsAndAdopts(t *testing.T) {
 	c.exit()
 	if l.Path != f.self || l.UID != 0 || len(l.Lineage) < 2 || !contains(l.Dests, f.tcp.String()+"/tcp") {
 		t.Errorf("learned %+v", l)
+	}
+	if sig.apps.Load() == 0 {
+		t.Error("learning an app sent no AppsChanged signal")
 	}
 	if n := f.pr.count(); n != 0 {
 		t.Errorf("%d prompts in learning mode", n)

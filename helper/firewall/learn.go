@@ -101,15 +101,18 @@ func (e *Engine) record(ev bpf.Event, exe *proc.Exe, sha string) {
 		lineage = formatLineage(chain)
 	}
 	e.mu.Lock()
-	defer e.mu.Unlock()
 	if l := e.learned[k]; l != nil {
 		if !contains(l.dests, dst) && len(l.dests) < maxLearnedDests {
 			l.dests = append(l.dests, dst)
 		}
+		e.mu.Unlock()
 		return
 	}
 	e.learned[k] = &learnedApp{path: exe.Path, uid: ev.UID, sha: sha, exe: ev.Exe, lineage: lineage, dests: []string{dst}, first: time.Now()}
+	e.mu.Unlock()
 	e.log.Info("learned app", "exe", exe.Path, "uid", ev.UID, "dst", ev.Dst, "sha256", sha)
+	// The learned list is part of what AppsChanged announces.
+	e.signal(func(s Signals) error { return s.AppsChanged() })
 }
 
 func contains(ss []string, s string) bool {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/netip"
 	"os"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -243,11 +244,15 @@ func TestTamperedRuleFileSignalled(t *testing.T) {
 	}
 }
 
-// signals records Tampered signals and ignores the others.
-type signals struct{ tampered chan string }
+// signals records Tampered signals, counts AppsChanged and ignores the
+// others.
+type signals struct {
+	tampered chan string
+	apps     atomic.Int32
+}
 
 func (s *signals) ModeChanged(dbusapi.Mode) error              { return nil }
-func (s *signals) AppsChanged() error                          { return nil }
+func (s *signals) AppsChanged() error                          { s.apps.Add(1); return nil }
 func (s *signals) HashChanged(string, dbusapi.HashState) error { return nil }
 func (s *signals) RulesChanged() error                         { return nil }
 func (s *signals) Tampered(path, _ string) error               { s.tampered <- path; return nil }
