@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -86,7 +85,7 @@ func newEnv(t testing.TB) *env {
 		user:      testbus.EnsureUser(t, testbus.UserDesktop),
 		agentExe:  testbus.SharedExecutable(t, "agent"),
 		clientExe: kerneltest.SharedCopy(t),
-		tcp:       listenTCP(t),
+		tcp:       kerneltest.ListenTCP(t, "127.0.0.1:0"),
 	}
 	dir := t.TempDir()
 	etc := filepath.Join(dir, "etc-aegis")
@@ -107,26 +106,6 @@ func newEnv(t testing.TB) *env {
 		PromptTimeout: 20 * time.Second,
 	}
 	return e
-}
-
-// listenTCP accepts and closes connections on 127.0.0.1 until t ends.
-func listenTCP(t testing.TB) netip.AddrPort {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
-	return ln.Addr().(*net.TCPAddr).AddrPort()
 }
 
 // testLogger logs through t.Log, so lines appear only on failure or -v.

@@ -9,7 +9,6 @@ import (
 	"image/color"
 	_ "image/png"
 	"log/slog"
-	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -329,25 +328,6 @@ type helperEnv struct {
 	stop      func()
 }
 
-func listen(t *testing.T) netip.AddrPort {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
-	return ln.Addr().(*net.TCPAddr).AddrPort()
-}
-
 func startHelperEnv(t *testing.T) *helperEnv {
 	t.Helper()
 	kerneltest.Require(t)
@@ -356,7 +336,7 @@ func startHelperEnv(t *testing.T) *helperEnv {
 		cg:        kerneltest.NewCgroup(t),
 		clientExe: kerneltest.SharedCopy(t),
 	}
-	h.tcp, h.tcp2 = listen(t), listen(t)
+	h.tcp, h.tcp2 = kerneltest.ListenTCP(t, "127.0.0.1:0"), kerneltest.ListenTCP(t, "127.0.0.1:0")
 	dir := t.TempDir()
 	etc, state := filepath.Join(dir, "etc-aegis"), filepath.Join(dir, "var-lib-aegis")
 	for _, p := range []string{etc, state} {

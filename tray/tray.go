@@ -67,13 +67,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.InteractiveTimeout <= 0 {
 		cfg.InteractiveTimeout = 5 * time.Minute
 	}
-	var sys *dbus.Conn
-	var err error
-	if cfg.SystemBus != "" {
-		sys, err = dbus.Connect(cfg.SystemBus)
-	} else {
-		sys, err = dbus.ConnectSystemBus()
-	}
+	sys, err := dbusapi.Dial(cfg.SystemBus)
 	if err != nil {
 		return fmt.Errorf("connect to the system bus: %w", err)
 	}

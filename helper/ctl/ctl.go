@@ -188,7 +188,7 @@ func run(ctx context.Context, sio IO, args []string) error {
 	if err := h.check(c); err != nil {
 		return err
 	}
-	conn, err := connect(bus)
+	conn, err := dbusapi.Dial(bus)
 	if err != nil {
 		return err
 	}
@@ -196,21 +196,6 @@ func run(ctx context.Context, sio IO, args []string) error {
 	c.conn = conn
 	c.client = dbusapi.NewClient(conn, !nonInteractive)
 	return h.run(ctx, c)
-}
-
-// connect opens a private connection to addr, or to the system bus.
-func connect(addr string) (*dbus.Conn, error) {
-	var conn *dbus.Conn
-	var err error
-	if addr != "" {
-		conn, err = dbus.Connect(addr)
-	} else {
-		conn, err = dbus.ConnectSystemBus()
-	}
-	if err != nil {
-		return nil, fmt.Errorf("connect to the bus: %w", err)
-	}
-	return conn, nil
 }
 
 // handler is one command: check validates the arguments before anything

@@ -14,8 +14,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/godbus/dbus/v5"
-
 	"github.com/aegisfw/aegis/bpf"
 	"github.com/aegisfw/aegis/helper/apps"
 	"github.com/aegisfw/aegis/helper/authz"
@@ -154,7 +152,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		return fmt.Errorf("run helper: %w", err)
 	}
 
-	conn, err := connect(cfg.BusAddress)
+	conn, err := dbusapi.Dial(cfg.BusAddress)
 	if err != nil {
 		return fmt.Errorf("run helper: %w", err)
 	}
@@ -213,21 +211,6 @@ func closeErr(what string, err error) error {
 		return nil
 	}
 	return fmt.Errorf("%s: %w", what, err)
-}
-
-// connect opens a private connection to addr, or to the system bus.
-func connect(addr string) (*dbus.Conn, error) {
-	var conn *dbus.Conn
-	var err error
-	if addr != "" {
-		conn, err = dbus.Connect(addr)
-	} else {
-		conn, err = dbus.ConnectSystemBus()
-	}
-	if err != nil {
-		return nil, fmt.Errorf("connect to the bus: %w", err)
-	}
-	return conn, nil
 }
 
 // PinDir returns the directory under cfg's pin root that holds this

@@ -8,6 +8,7 @@ package dbusapi
 
 import (
 	_ "embed"
+	"fmt"
 
 	"github.com/godbus/dbus/v5"
 )
@@ -59,3 +60,21 @@ const (
 // AnyUser is the uid argument of Allow, Deny and Forget for a rule that
 // covers every user.
 const AnyUser = ^uint32(0)
+
+// Dial opens a private connection to the bus at addr, or to the system
+// bus (DBUS_SYSTEM_BUS_ADDRESS or its standard socket) when addr is empty.
+func Dial(addr string) (*dbus.Conn, error) {
+	var (
+		conn *dbus.Conn
+		err  error
+	)
+	if addr != "" {
+		conn, err = dbus.Connect(addr)
+	} else {
+		conn, err = dbus.ConnectSystemBus()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("connect to the bus: %w", err)
+	}
+	return conn, nil
+}

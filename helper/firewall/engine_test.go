@@ -310,7 +310,7 @@ func newFixture(t testing.TB, o options) *fixture {
 		t.Fatalf("new engine: %v", err)
 	}
 	f.e.SetPrompter(f.pr)
-	f.tcp = listenTCP(t, "127.0.0.1:0")
+	f.tcp = kerneltest.ListenTCP(t, "127.0.0.1:0")
 	if !o.noRun {
 		f.run(t)
 	}
@@ -340,25 +340,6 @@ func (f *fixture) run(t testing.TB) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("engine did not start")
 	}
-}
-
-func listenTCP(t testing.TB, addr string) netip.AddrPort {
-	t.Helper()
-	l, err := net.Listen("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
-	return netip.MustParseAddrPort(l.Addr().String())
 }
 
 func sha256Of(t testing.TB, path string) string {
