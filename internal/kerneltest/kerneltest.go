@@ -332,7 +332,12 @@ func Serve(t testing.TB, l net.Listener) netip.AddrPort {
 			}
 			go func() {
 				defer c.Close()
-				_, _ = io.Copy(io.Discard, c)
+				buf := make([]byte, 256<<10) // large reads keep bulk senders the bottleneck
+				for {
+					if _, err := c.Read(buf); err != nil {
+						return
+					}
+				}
 			}()
 		}
 	}()
