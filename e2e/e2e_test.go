@@ -295,7 +295,7 @@ func TestAegisctlAgent(t *testing.T) {
 		t.Fatal(err)
 	}
 	done := make(chan int, 1)
-	var errb syncBuffer
+	var errb testenv.Buffer
 	go func() {
 		done <- ctl.Run(ctx, ctl.IO{Out: w, Err: &errb, UID: 0}, []string{"--bus", e.bus.Addr, "--json", "agent"})
 		w.Close()
@@ -554,7 +554,7 @@ func TestAegisctlWatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	done := make(chan int, 1)
-	var errb syncBuffer
+	var errb testenv.Buffer
 	go func() {
 		done <- ctl.Run(ctx, ctl.IO{Out: w, Err: &errb, UID: 0}, []string{"--bus", e.bus.Addr, "--json", "watch"})
 		w.Close()

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -25,6 +24,7 @@ import (
 	"github.com/aegisfw/aegis/helper/dbusapi"
 	"github.com/aegisfw/aegis/internal/kerneltest"
 	"github.com/aegisfw/aegis/internal/testbus"
+	"github.com/aegisfw/aegis/internal/testenv"
 )
 
 // Roles the test binary plays when re-executed.
@@ -180,7 +180,7 @@ func runDaemon(spec string) int {
 // re-executed in daemon mode, as aegis-helper would run.
 type helperProc struct {
 	cmd  *exec.Cmd
-	out  *syncBuffer
+	out  *testenv.Buffer
 	done chan struct{}
 	err  error
 }
@@ -199,7 +199,7 @@ func (e *env) startSubprocess(t testing.TB, notifySocket string) *helperProc {
 	}
 	cmd := exec.Command(self)
 	cmd.Env = append(os.Environ(), daemonEnv+"="+string(spec))
-	h := &helperProc{cmd: cmd, out: &syncBuffer{}, done: make(chan struct{})}
+	h := &helperProc{cmd: cmd, out: &testenv.Buffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = h.out, h.out
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start helper: %v", err)
@@ -232,23 +232,6 @@ func (h *helperProc) stop(t testing.TB, sig syscall.Signal) error {
 }
 
 func (h *helperProc) pid() int { return h.cmd.Process.Pid }
-
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // connect starts a blocking TCP connect to the listener from a client in
 // the cgroup, running as the desktop user or as root; read its result

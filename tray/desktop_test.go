@@ -72,7 +72,7 @@ type desktop struct {
 
 // startProcess starts a command in its own process group, which is killed
 // at cleanup: bus-activated helpers and plugin wrappers go with it.
-func startProcess(t *testing.T, env []string, out *syncBuffer, name string, args ...string) *exec.Cmd {
+func startProcess(t *testing.T, env []string, out *testenv.Buffer, name string, args ...string) *exec.Cmd {
 	t.Helper()
 	cmd := exec.Command(name, args...)
 	cmd.Env = append(os.Environ(), env...)
@@ -217,7 +217,7 @@ func startDesktop(t *testing.T) *desktop {
 	if err := os.WriteFile(rc, []byte("[global]\n    monitor = 0\n    follow = none\n    width = 400\n    origin = top-right\n    offset = 10x40\n    dmenu = "+picker+"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	startProcess(t, d.env, &syncBuffer{}, "dunst", "-config", rc)
+	startProcess(t, d.env, &testenv.Buffer{}, "dunst", "-config", rc)
 	d.waitName(t, "org.freedesktop.Notifications")
 	return d
 }
@@ -521,7 +521,7 @@ func startTray(t *testing.T, d *desktop, h *helperEnv) (*trayItem, *exec.Cmd) {
 		t.Fatal(err)
 	}
 	env := append([]string{trayChildEnv + "=1", "DBUS_SYSTEM_BUS_ADDRESS=" + h.bus.Addr}, d.env...)
-	cmd := startProcess(t, env, &syncBuffer{}, self)
+	cmd := startProcess(t, env, &testenv.Buffer{}, self)
 	name := fmt.Sprintf("org.kde.StatusNotifierItem-%d-1", cmd.Process.Pid)
 	d.waitName(t, name)
 	it := &trayItem{sni: d.conn.Object(name, "/StatusNotifierItem")}
@@ -543,7 +543,7 @@ func startTray(t *testing.T, d *desktop, h *helperEnv) (*trayItem, *exec.Cmd) {
 func TestTrayDesktop(t *testing.T) {
 	h := startHelperEnv(t)
 	d := startDesktop(t)
-	panelOut := &syncBuffer{}
+	panelOut := &testenv.Buffer{}
 	startProcess(t, d.env, panelOut, "xfce4-panel", "--disable-wm-check")
 	notes := d.monitor(t)
 	it, _ := startTray(t, d, h)
@@ -821,23 +821,6 @@ func findColour(t *testing.T, file string, r image.Rectangle, c color.RGBA) bool
 		}
 	}
 	return false
-}
-
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // tlogWriter logs through t.Log, so lines appear only on failure or -v.
