@@ -354,12 +354,8 @@ struct inode___old {
 	struct timespec64 i_ctime;
 } __attribute__((preserve_access_index));
 
-static __always_inline void read_exe(struct exe_key *k, __u64 *start_ns)
+static __always_inline void task_exe(struct task_struct *t, struct exe_key *k, __u64 *start_ns)
 {
-	/* A trusted BTF pointer: the reads below are plain loads, not
-	 * bpf_probe_read_kernel calls. */
-	struct task_struct *t = bpf_get_current_task_btf();
-
 	*start_ns = t->group_leader->start_boottime;
 	struct mm_struct *mm = t->mm;
 	if (!mm)
@@ -382,6 +378,13 @@ static __always_inline void read_exe(struct exe_key *k, __u64 *start_ns)
 		struct inode___old *i3 = (void *)ino;
 		k->ctime_ns = (__u64)i3->i_ctime.tv_sec * 1000000000ULL + i3->i_ctime.tv_nsec;
 	}
+}
+
+static __always_inline void read_exe(struct exe_key *k, __u64 *start_ns)
+{
+	/* A trusted BTF pointer: the reads are plain loads, not
+	 * bpf_probe_read_kernel calls. */
+	task_exe(bpf_get_current_task_btf(), k, start_ns);
 }
 
 /* ---------------------------------------------------------------- policy */
@@ -991,6 +994,87 @@ int aegis_ingress(struct __sk_buff *skb)
 }
 
 /* ---------------------------------------------------------------- kill */
+
+/* Executables whose open sockets are to be aborted, set by userspace
+ * while it runs the task_file iterator below. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, struct exe_key);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} revoke SEC(".maps");
+
+/* The guarded cgroup, written when the datapath attaches: iterators see
+ * every task of the machine and act only on those inside it. */
+struct guard {
+	__u64 cgroup_id;
+	__u32 level;
+	__u32 _pad;
+};
+
+const struct guard *unused_guard __attribute__((unused));
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct guard);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} guarded SEC(".maps");
+
+#define MAX_CGROUP_LEVEL 255
+
+static __always_inline int task_guarded(struct task_struct *task)
+{
+	__u32 zero = 0;
+	struct guard *g = bpf_map_lookup_elem(&guarded, &zero);
+	if (!g || !g->cgroup_id)
+		return 0;
+	struct cgroup *cg = BPF_CORE_READ(task, cgroups, dfl_cgrp);
+	if (!cg)
+		return 0;
+	__u32 level = g->level;
+	if (level > MAX_CGROUP_LEVEL || BPF_CORE_READ(cg, level) < (int)level)
+		return 0;
+	struct cgroup *anc = NULL;
+	bpf_core_read(&anc, sizeof(anc), &cg->ancestors[level]);
+	if (!anc)
+		return 0;
+	return BPF_CORE_READ(anc, kn, id) == g->cgroup_id;
+}
+
+/* Lists in kill the inet sockets held open by processes of the guarded
+ * cgroup running an executable named in revoke: an app whose trust was
+ * revoked loses the connections it opened while it was trusted. */
+SEC("iter/task_file")
+int aegis_collect_sockets(struct bpf_iter__task_file *ctx)
+{
+	struct task_struct *task = ctx->task;
+	struct file *file = ctx->file;
+	if (!task || !file)
+		return 0;
+	struct exe_key k = {};
+	__u64 start = 0;
+	task_exe(task, &k, &start);
+	if (!bpf_map_lookup_elem(&revoke, &k))
+		return 0;
+	if (!task_guarded(task))
+		return 0;
+	struct socket *sock = bpf_sock_from_file(file);
+	if (!sock)
+		return 0;
+	struct sock *sk = sock->sk;
+	if (!sk)
+		return 0;
+	__u16 family = sk->__sk_common.skc_family;
+	if (family != AF_INET && family != AF_INET6)
+		return 0;
+	__u64 cookie = bpf_get_socket_cookie(sk);
+	__u8 one = 1;
+	bpf_map_update_elem(&kill, &cookie, &one, BPF_ANY);
+	return 0;
+}
 
 extern int bpf_sock_destroy(struct sock_common *sk) __ksym;
 

@@ -135,6 +135,13 @@ const (
 	aegisFailModeFAIL_ALLOW aegisFailMode = 2
 )
 
+type aegisGuard struct {
+	_        structs.HostLayout
+	CgroupId uint64
+	Level    uint32
+	Pad      uint32
+}
+
 type aegisMode uint32
 
 const (
@@ -199,36 +206,40 @@ const (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	aegisMapApps             = "apps"
-	aegisMapCfg              = "cfg"
-	aegisMapCidrs            = "cidrs"
-	aegisMapCounters         = "counters"
-	aegisMapDecisions        = "decisions"
-	aegisMapDests            = "dests"
-	aegisMapEvents           = "events"
-	aegisMapHeartbeat        = "heartbeat"
-	aegisMapKill             = "kill"
-	aegisMapPending          = "pending"
-	aegisMapReported         = "reported"
-	aegisMapSkState          = "sk_state"
-	aegisProgAegisConnect4   = "aegis_connect4"
-	aegisProgAegisConnect6   = "aegis_connect6"
-	aegisProgAegisEgress     = "aegis_egress"
-	aegisProgAegisIngress    = "aegis_ingress"
-	aegisProgAegisKillTcp    = "aegis_kill_tcp"
-	aegisProgAegisKillUdp    = "aegis_kill_udp"
-	aegisProgAegisSendmsg4   = "aegis_sendmsg4"
-	aegisProgAegisSendmsg6   = "aegis_sendmsg6"
-	aegisProgAegisSockCreate = "aegis_sock_create"
-	aegisProgAegisSockops    = "aegis_sockops"
-	aegisVarUnusedConnEvent  = "unused_conn_event"
-	aegisVarUnusedCounter    = "unused_counter"
-	aegisVarUnusedDnsEvent   = "unused_dns_event"
-	aegisVarUnusedEventKind  = "unused_event_kind"
-	aegisVarUnusedFailMode   = "unused_fail_mode"
-	aegisVarUnusedMode       = "unused_mode"
-	aegisVarUnusedReason     = "unused_reason"
-	aegisVarUnusedVerdict    = "unused_verdict"
+	aegisMapApps                 = "apps"
+	aegisMapCfg                  = "cfg"
+	aegisMapCidrs                = "cidrs"
+	aegisMapCounters             = "counters"
+	aegisMapDecisions            = "decisions"
+	aegisMapDests                = "dests"
+	aegisMapEvents               = "events"
+	aegisMapGuarded              = "guarded"
+	aegisMapHeartbeat            = "heartbeat"
+	aegisMapKill                 = "kill"
+	aegisMapPending              = "pending"
+	aegisMapReported             = "reported"
+	aegisMapRevoke               = "revoke"
+	aegisMapSkState              = "sk_state"
+	aegisProgAegisCollectSockets = "aegis_collect_sockets"
+	aegisProgAegisConnect4       = "aegis_connect4"
+	aegisProgAegisConnect6       = "aegis_connect6"
+	aegisProgAegisEgress         = "aegis_egress"
+	aegisProgAegisIngress        = "aegis_ingress"
+	aegisProgAegisKillTcp        = "aegis_kill_tcp"
+	aegisProgAegisKillUdp        = "aegis_kill_udp"
+	aegisProgAegisSendmsg4       = "aegis_sendmsg4"
+	aegisProgAegisSendmsg6       = "aegis_sendmsg6"
+	aegisProgAegisSockCreate     = "aegis_sock_create"
+	aegisProgAegisSockops        = "aegis_sockops"
+	aegisVarUnusedConnEvent      = "unused_conn_event"
+	aegisVarUnusedCounter        = "unused_counter"
+	aegisVarUnusedDnsEvent       = "unused_dns_event"
+	aegisVarUnusedEventKind      = "unused_event_kind"
+	aegisVarUnusedFailMode       = "unused_fail_mode"
+	aegisVarUnusedGuard          = "unused_guard"
+	aegisVarUnusedMode           = "unused_mode"
+	aegisVarUnusedReason         = "unused_reason"
+	aegisVarUnusedVerdict        = "unused_verdict"
 )
 
 // loadAegis returns the embedded CollectionSpec for aegis.
@@ -273,16 +284,17 @@ type aegisSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type aegisProgramSpecs struct {
-	AegisConnect4   *ebpf.ProgramSpec `ebpf:"aegis_connect4"`
-	AegisConnect6   *ebpf.ProgramSpec `ebpf:"aegis_connect6"`
-	AegisEgress     *ebpf.ProgramSpec `ebpf:"aegis_egress"`
-	AegisIngress    *ebpf.ProgramSpec `ebpf:"aegis_ingress"`
-	AegisKillTcp    *ebpf.ProgramSpec `ebpf:"aegis_kill_tcp"`
-	AegisKillUdp    *ebpf.ProgramSpec `ebpf:"aegis_kill_udp"`
-	AegisSendmsg4   *ebpf.ProgramSpec `ebpf:"aegis_sendmsg4"`
-	AegisSendmsg6   *ebpf.ProgramSpec `ebpf:"aegis_sendmsg6"`
-	AegisSockCreate *ebpf.ProgramSpec `ebpf:"aegis_sock_create"`
-	AegisSockops    *ebpf.ProgramSpec `ebpf:"aegis_sockops"`
+	AegisCollectSockets *ebpf.ProgramSpec `ebpf:"aegis_collect_sockets"`
+	AegisConnect4       *ebpf.ProgramSpec `ebpf:"aegis_connect4"`
+	AegisConnect6       *ebpf.ProgramSpec `ebpf:"aegis_connect6"`
+	AegisEgress         *ebpf.ProgramSpec `ebpf:"aegis_egress"`
+	AegisIngress        *ebpf.ProgramSpec `ebpf:"aegis_ingress"`
+	AegisKillTcp        *ebpf.ProgramSpec `ebpf:"aegis_kill_tcp"`
+	AegisKillUdp        *ebpf.ProgramSpec `ebpf:"aegis_kill_udp"`
+	AegisSendmsg4       *ebpf.ProgramSpec `ebpf:"aegis_sendmsg4"`
+	AegisSendmsg6       *ebpf.ProgramSpec `ebpf:"aegis_sendmsg6"`
+	AegisSockCreate     *ebpf.ProgramSpec `ebpf:"aegis_sock_create"`
+	AegisSockops        *ebpf.ProgramSpec `ebpf:"aegis_sockops"`
 }
 
 // aegisMapSpecs contains maps before they are loaded into the kernel.
@@ -296,10 +308,12 @@ type aegisMapSpecs struct {
 	Decisions *ebpf.MapSpec `ebpf:"decisions"`
 	Dests     *ebpf.MapSpec `ebpf:"dests"`
 	Events    *ebpf.MapSpec `ebpf:"events"`
+	Guarded   *ebpf.MapSpec `ebpf:"guarded"`
 	Heartbeat *ebpf.MapSpec `ebpf:"heartbeat"`
 	Kill      *ebpf.MapSpec `ebpf:"kill"`
 	Pending   *ebpf.MapSpec `ebpf:"pending"`
 	Reported  *ebpf.MapSpec `ebpf:"reported"`
+	Revoke    *ebpf.MapSpec `ebpf:"revoke"`
 	SkState   *ebpf.MapSpec `ebpf:"sk_state"`
 }
 
@@ -312,6 +326,7 @@ type aegisVariableSpecs struct {
 	UnusedDnsEvent  *ebpf.VariableSpec `ebpf:"unused_dns_event"`
 	UnusedEventKind *ebpf.VariableSpec `ebpf:"unused_event_kind"`
 	UnusedFailMode  *ebpf.VariableSpec `ebpf:"unused_fail_mode"`
+	UnusedGuard     *ebpf.VariableSpec `ebpf:"unused_guard"`
 	UnusedMode      *ebpf.VariableSpec `ebpf:"unused_mode"`
 	UnusedReason    *ebpf.VariableSpec `ebpf:"unused_reason"`
 	UnusedVerdict   *ebpf.VariableSpec `ebpf:"unused_verdict"`
@@ -344,10 +359,12 @@ type aegisMaps struct {
 	Decisions *ebpf.Map `ebpf:"decisions"`
 	Dests     *ebpf.Map `ebpf:"dests"`
 	Events    *ebpf.Map `ebpf:"events"`
+	Guarded   *ebpf.Map `ebpf:"guarded"`
 	Heartbeat *ebpf.Map `ebpf:"heartbeat"`
 	Kill      *ebpf.Map `ebpf:"kill"`
 	Pending   *ebpf.Map `ebpf:"pending"`
 	Reported  *ebpf.Map `ebpf:"reported"`
+	Revoke    *ebpf.Map `ebpf:"revoke"`
 	SkState   *ebpf.Map `ebpf:"sk_state"`
 }
 
@@ -360,10 +377,12 @@ func (m *aegisMaps) Close() error {
 		m.Decisions,
 		m.Dests,
 		m.Events,
+		m.Guarded,
 		m.Heartbeat,
 		m.Kill,
 		m.Pending,
 		m.Reported,
+		m.Revoke,
 		m.SkState,
 	)
 }
@@ -377,6 +396,7 @@ type aegisVariables struct {
 	UnusedDnsEvent  *ebpf.Variable `ebpf:"unused_dns_event"`
 	UnusedEventKind *ebpf.Variable `ebpf:"unused_event_kind"`
 	UnusedFailMode  *ebpf.Variable `ebpf:"unused_fail_mode"`
+	UnusedGuard     *ebpf.Variable `ebpf:"unused_guard"`
 	UnusedMode      *ebpf.Variable `ebpf:"unused_mode"`
 	UnusedReason    *ebpf.Variable `ebpf:"unused_reason"`
 	UnusedVerdict   *ebpf.Variable `ebpf:"unused_verdict"`
@@ -386,20 +406,22 @@ type aegisVariables struct {
 //
 // It can be passed to loadAegisObjects or ebpf.CollectionSpec.LoadAndAssign.
 type aegisPrograms struct {
-	AegisConnect4   *ebpf.Program `ebpf:"aegis_connect4"`
-	AegisConnect6   *ebpf.Program `ebpf:"aegis_connect6"`
-	AegisEgress     *ebpf.Program `ebpf:"aegis_egress"`
-	AegisIngress    *ebpf.Program `ebpf:"aegis_ingress"`
-	AegisKillTcp    *ebpf.Program `ebpf:"aegis_kill_tcp"`
-	AegisKillUdp    *ebpf.Program `ebpf:"aegis_kill_udp"`
-	AegisSendmsg4   *ebpf.Program `ebpf:"aegis_sendmsg4"`
-	AegisSendmsg6   *ebpf.Program `ebpf:"aegis_sendmsg6"`
-	AegisSockCreate *ebpf.Program `ebpf:"aegis_sock_create"`
-	AegisSockops    *ebpf.Program `ebpf:"aegis_sockops"`
+	AegisCollectSockets *ebpf.Program `ebpf:"aegis_collect_sockets"`
+	AegisConnect4       *ebpf.Program `ebpf:"aegis_connect4"`
+	AegisConnect6       *ebpf.Program `ebpf:"aegis_connect6"`
+	AegisEgress         *ebpf.Program `ebpf:"aegis_egress"`
+	AegisIngress        *ebpf.Program `ebpf:"aegis_ingress"`
+	AegisKillTcp        *ebpf.Program `ebpf:"aegis_kill_tcp"`
+	AegisKillUdp        *ebpf.Program `ebpf:"aegis_kill_udp"`
+	AegisSendmsg4       *ebpf.Program `ebpf:"aegis_sendmsg4"`
+	AegisSendmsg6       *ebpf.Program `ebpf:"aegis_sendmsg6"`
+	AegisSockCreate     *ebpf.Program `ebpf:"aegis_sock_create"`
+	AegisSockops        *ebpf.Program `ebpf:"aegis_sockops"`
 }
 
 func (p *aegisPrograms) Close() error {
 	return _AegisClose(
+		p.AegisCollectSockets,
 		p.AegisConnect4,
 		p.AegisConnect6,
 		p.AegisEgress,

@@ -180,6 +180,13 @@ func (d *Datapath) attach(spec *ebpf.CollectionSpec) error {
 	if err != nil {
 		return err
 	}
+	level, err := cgroupLevel(d.cgroup)
+	if err != nil {
+		return err
+	}
+	if err := d.objs.Guarded.Put(uint32(0), aegisGuard{CgroupId: cgID, Level: level}); err != nil {
+		return fmt.Errorf("record the guarded cgroup: %w", err)
+	}
 	progs := d.programs()
 	for _, name := range cgroupProgs {
 		prog := progs[name]
@@ -266,6 +273,37 @@ func cgroupID(path string) (uint64, error) {
 	return st.Ino, nil
 }
 
+// cgroupLevel returns the depth of a cgroup v2 directory below the root
+// of its hierarchy (the root is level 0).
+func cgroupLevel(path string) (uint32, error) {
+	b, err := os.ReadFile("/proc/mounts")
+	if err != nil {
+		return 0, fmt.Errorf("read mounts: %w", err)
+	}
+	path = filepath.Clean(path)
+	best := ""
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 3 || f[2] != "cgroup2" {
+			continue
+		}
+		if (path == f[1] || strings.HasPrefix(path, f[1]+"/") || f[1] == "/") && len(f[1]) > len(best) {
+			best = f[1]
+		}
+	}
+	if best == "" {
+		return 0, fmt.Errorf("%s is not below a cgroup2 mount", path)
+	}
+	rel, err := filepath.Rel(best, path)
+	if err != nil {
+		return 0, fmt.Errorf("cgroup level of %s: %w", path, err)
+	}
+	if rel == "." {
+		return 0, nil
+	}
+	return uint32(len(strings.Split(rel, "/"))), nil
+}
+
 func checkLinkCgroup(l link.Link, want uint64) error {
 	info, err := l.Info()
 	if err != nil {
@@ -325,7 +363,7 @@ func (d *Datapath) Uninstall() error {
 	if d.pinDir != "" {
 		m := d.objs.aegisMaps
 		for _, mp := range []*ebpf.Map{m.Apps, m.Cfg, m.Cidrs, m.Counters, m.Decisions, m.Dests,
-			m.Events, m.Heartbeat, m.Kill, m.Pending, m.Reported, m.SkState} {
+			m.Events, m.Guarded, m.Heartbeat, m.Kill, m.Pending, m.Reported, m.Revoke, m.SkState} {
 			if err := mp.Unpin(); err != nil {
 				errs = append(errs, fmt.Errorf("unpin map: %w", err))
 			}
@@ -338,25 +376,30 @@ func (d *Datapath) Uninstall() error {
 	return errors.Join(errs...)
 }
 
-// abort destroys the listed sockets through the TCP and UDP iterators.
+// runKillIterators destroys the sockets listed in the kill map.
 func (d *Datapath) runKillIterators() error {
 	d.killMu.Lock()
 	defer d.killMu.Unlock()
-	for _, p := range []*ebpf.Program{d.objs.AegisKillTcp, d.objs.AegisKillUdp} {
+	return d.runIterators(d.objs.AegisKillTcp, d.objs.AegisKillUdp)
+}
+
+// runIterators runs each iterator program over its kernel objects once.
+func (d *Datapath) runIterators(progs ...*ebpf.Program) error {
+	for _, p := range progs {
 		it, err := link.AttachIter(link.IterOptions{Program: p})
 		if err != nil {
-			return fmt.Errorf("attach socket iterator: %w", err)
+			return fmt.Errorf("attach iterator: %w", err)
 		}
 		rd, err := it.Open()
 		if err != nil {
 			it.Close()
-			return fmt.Errorf("open socket iterator: %w", err)
+			return fmt.Errorf("open iterator: %w", err)
 		}
 		_, err = io.Copy(io.Discard, rd)
 		rd.Close()
 		it.Close()
 		if err != nil {
-			return fmt.Errorf("run socket iterator: %w", err)
+			return fmt.Errorf("run iterator: %w", err)
 		}
 	}
 	return nil

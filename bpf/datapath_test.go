@@ -928,3 +928,37 @@ func TestPinRootMustBeOnBPFFS(t *testing.T) {
 		t.Fatalf("open with a pin root on tmpfs: %v, want a clear refusal", err)
 	}
 }
+
+func TestRevokeAbortsEstablishedConnections(t *testing.T) {
+	f := newFixture(t, Options{})
+	f.allowSelf(t, 1)
+	other := kerneltest.SharedCopy(t)
+	if err := f.dp.SetApp(ExeKeyOf(kerneltest.ExeStat(t, other)), AnyUID, App{ID: 2, Verdict: VerdictAllow}); err != nil {
+		t.Fatal(err)
+	}
+	revoked := f.cg.Start(t, noOpts, "established", f.tcp4.String())
+	kept := f.cg.Start(t, kerneltest.Options{Exe: other}, "established", f.tcp6.String())
+	for _, c := range []*kerneltest.Client{revoked, kept} {
+		if r := c.Next(t); r.Err != "" {
+			t.Fatalf("trusted connect: %s", r.Err)
+		}
+	}
+	if err := f.dp.DeleteApp(f.self, AnyUID); err != nil {
+		t.Fatal(err)
+	}
+	t0 := kerneltest.Monotonic()
+	if err := f.dp.Revoke(f.self); err != nil {
+		t.Fatal(err)
+	}
+	r := revoked.Next(t)
+	if r.Err != "ECONNABORTED" {
+		t.Errorf("established connection of the revoked app ended with %q, want ECONNABORTED", r.Err)
+	}
+	t.Logf("aborted %v after Revoke", time.Duration(r.T1-t0))
+	// The other app's connection is untouched: its client still waits
+	// on it (it exits as soon as the connection ends).
+	time.Sleep(300 * time.Millisecond)
+	if !kept.Running(t) {
+		t.Error("another app's established connection ended")
+	}
+}

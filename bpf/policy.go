@@ -298,6 +298,32 @@ func (d *Datapath) Abort(cookies ...uint64) error {
 	return d.runKillIterators()
 }
 
+// Revoke aborts every TCP and UDP socket held open by a process running
+// one of exes: connections an app opened while it was trusted end when
+// its trust ends. Call it after DeleteApp or a deny, so that the app
+// cannot open new ones.
+func (d *Datapath) Revoke(exes ...ExeKey) error {
+	if len(exes) == 0 {
+		return nil
+	}
+	d.killMu.Lock()
+	defer d.killMu.Unlock()
+	for _, k := range exes {
+		if err := d.objs.Revoke.Put(k, uint8(1)); err != nil {
+			return fmt.Errorf("mark executable for revocation: %w", err)
+		}
+	}
+	defer func() {
+		for _, k := range exes {
+			_ = d.objs.Revoke.Delete(k)
+		}
+	}()
+	if err := d.runIterators(d.objs.AegisCollectSockets); err != nil {
+		return fmt.Errorf("collect sockets to revoke: %w", err)
+	}
+	return d.runIterators(d.objs.AegisKillTcp, d.objs.AegisKillUdp)
+}
+
 // Counters are the datapath's event and drop counts since it was loaded.
 type Counters struct {
 	Events       uint64 // ring buffer records written

@@ -181,17 +181,30 @@ func (e *Engine) syncKernel() error {
 		}
 		want[ak] = kernelEntry{app: kernelApp(k.idLocked(en.rule), a), rule: en.rule, sha256: en.sha256}
 	}
-	var errs []error
-	for ak := range k.entries {
+	var (
+		errs []error
+		// revoked are executables whose allow rule was withdrawn or
+		// turned into a deny: the connections they opened while trusted
+		// are aborted. (A binary whose hash changed loses its kernel
+		// entry but keeps its connections: the running process is still
+		// the code that was trusted.)
+		revoked []bpf.ExeKey
+	)
+	for ak, old := range k.entries {
 		if _, ok := want[ak]; !ok {
 			if err := e.dp.DeleteApp(ak.exe, ak.uid); err != nil {
 				errs = append(errs, err)
 			}
 			delete(k.entries, ak)
+			if a, ok := byRef[old.rule]; old.app.Verdict == bpf.VerdictAllow && old.rule != (ruleRef{}) &&
+				(!ok || a.Verdict != rules.Allow) {
+				revoked = append(revoked, ak.exe)
+			}
 		}
 	}
 	for ak, en := range want {
-		if old, ok := k.entries[ak]; ok && old.app == en.app {
+		old, ok := k.entries[ak]
+		if ok && old.app == en.app {
 			k.entries[ak] = en
 			continue
 		}
@@ -200,8 +213,18 @@ func (e *Engine) syncKernel() error {
 			continue
 		}
 		k.entries[ak] = en
+		if ok && old.app.Verdict == bpf.VerdictAllow && en.app.Verdict != bpf.VerdictAllow {
+			revoked = append(revoked, ak.exe)
+		}
 	}
 	errs = append(errs, e.syncDestsLocked(byRef)...)
+	if len(revoked) > 0 {
+		if err := e.dp.Revoke(revoked...); err != nil {
+			errs = append(errs, err)
+		} else {
+			e.log.Info("trust revoked; open connections aborted", "executables", len(revoked))
+		}
+	}
 	return errors.Join(errs...)
 }
 

@@ -256,3 +256,33 @@ func (s *signals) AppsChanged() error                          { s.apps.Add(1); 
 func (s *signals) HashChanged(string, dbusapi.HashState) error { return nil }
 func (s *signals) RulesChanged() error                         { return nil }
 func (s *signals) Tampered(path, _ string) error               { s.tampered <- path; return nil }
+
+func TestRevokedTrustAbortsOpenConnections(t *testing.T) {
+	tests := []struct {
+		name   string
+		revoke func(f *fixture) error
+	}{
+		{"deny", func(f *fixture) error {
+			return f.e.SetVerdict(context.Background(), f.self, rules.AnyUser, dbusapi.Deny)
+		}},
+		{"forget", func(f *fixture) error { return f.e.Forget(context.Background(), f.self, rules.AnyUser) }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture(t, options{})
+			if err := f.e.SetVerdict(context.Background(), f.self, rules.AnyUser, dbusapi.Allow); err != nil {
+				t.Fatal(err)
+			}
+			c := f.cg.Start(t, noOpts, "established", f.tcp.String())
+			if r := c.Next(t); r.Err != "" {
+				t.Fatalf("trusted connect: %s", r.Err)
+			}
+			if err := tt.revoke(f); err != nil {
+				t.Fatal(err)
+			}
+			if r := c.Next(t); r.Err != "ECONNABORTED" {
+				t.Errorf("open connection after %s ended with %q, want ECONNABORTED", tt.name, r.Err)
+			}
+		})
+	}
+}

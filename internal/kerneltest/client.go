@@ -117,6 +117,31 @@ func runClient(args []string) int {
 			time.Sleep(time.Duration(num(3)) * time.Millisecond)
 		}
 		unix.Close(fd)
+	case "established":
+		// established DST: connect, report, then block reading until the
+		// connection ends and report how it ended.
+		fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			emit(Result{Op: op, Dst: dst, Err: errName(err)})
+			return 0
+		}
+		t0 := Monotonic()
+		err = unix.Connect(fd, sockaddr(ap, family))
+		emit(Result{Op: op, Dst: dst, Err: errName(err), T0: t0, T1: Monotonic()})
+		if err != nil {
+			return 0
+		}
+		buf := make([]byte, 512)
+		for {
+			n, err := unix.Read(fd, buf)
+			if err != nil || n == 0 {
+				if err == nil {
+					err = io.EOF
+				}
+				emit(Result{Op: op, Dst: dst, Err: errName(err), T1: Monotonic()})
+				return 0
+			}
+		}
 	case "raw":
 		// raw DST: open a raw ICMP socket of DST's family and close it.
 		proto := unix.IPPROTO_ICMP

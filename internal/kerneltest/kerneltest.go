@@ -192,6 +192,11 @@ type Options struct {
 //	udp DST COUNT INTERVAL_MS   unconnected sendto, one result each
 //	udpconn DST COUNT INTERVAL_MS  connected UDP send
 //	bench DST N                 N x (socket, connect, RST close)
+//	bulk DST MIB                connect and write MIB mebibytes
+//	connectmany DST N           N non-blocking connects, kept open until Wait
+//	dns DST NAME                connected UDP DNS query for NAME
+//	raw DST                     open a raw ICMP socket of DST's family
+//	established DST             connect, then read until the connection ends
 //	wait                        print a line and wait for stdin to close
 func (cg *Cgroup) Start(t testing.TB, opts Options, op ...string) *Client {
 	t.Helper()
@@ -237,6 +242,17 @@ func (c *Client) Next(t testing.TB) Result {
 		t.Fatalf("client output %q: %v", c.out.Text(), err)
 	}
 	return r
+}
+
+// Running reports whether the client process has not exited.
+func (c *Client) Running(t testing.TB) bool {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", c.PID))
+	if err != nil {
+		return false
+	}
+	i := bytes.LastIndexByte(b, ')')
+	return i > 0 && i+2 < len(b) && b[i+2] != 'Z'
 }
 
 // Wait closes the client's stdin and waits for it to exit.
