@@ -148,6 +148,7 @@ func (e *Engine) onDNS(a bpf.DNSAnswer) {
 	defer e.mu.Unlock()
 	for _, r := range recs {
 		e.dns.add(dnsKey{a.UID, r.addr}, r.host, r.ttl, now)
+		e.pushHostLocked(a.UID, r.host, r.addr, r.ttl, now)
 	}
 }
 

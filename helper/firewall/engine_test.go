@@ -694,7 +694,7 @@ func TestHostnameFromDNSAnswer(t *testing.T) {
 	// connects to the address the answer named.
 	self, _ := os.Executable()
 	f := newFixture(t, options{set: allowSet(t, self)})
-	srv := serveDNS(t, "127.0.0.1:53", netip.MustParseAddr("127.0.0.1"))
+	srv := serveDNS(t, "127.0.0.2:53", netip.MustParseAddr("127.0.0.1")) // bpf tests serve on 127.0.0.1:53
 	if r := f.cg.Run(t, noOpts, "dns", srv.String(), "aegis.example."); r.Err != "" || r.N == 0 {
 		t.Fatalf("dns query: %+v", r)
 	}
@@ -711,6 +711,65 @@ func TestHostnameFromDNSAnswer(t *testing.T) {
 	}
 	f.answer(t, p.ID, dbusapi.Deny, dbusapi.Once)
 	c.Next(t)
+}
+
+func TestHostnameRuleDecidedInKernel(t *testing.T) {
+	// An app refused everywhere but at aegis.example: once its lookup of
+	// the name is captured, its connections to the answer's address are
+	// allowed by the kernel, without a hold or a prompt; other addresses
+	// stay refused.
+	self, _ := os.Executable()
+	set := rules.Default()
+	set.Apps = []rules.App{{Path: self, SHA256: sha256Of(t, self), UID: rules.AnyUser, Verdict: rules.Deny,
+		Dests: []rules.DestRule{
+			{Host: "aegis.example", Verdict: rules.Allow},
+			{Port: 53, Proto: rules.UDP, Verdict: rules.Allow}, // its resolver
+		}}}
+	f := newFixture(t, options{set: set})
+	if r := f.cg.Run(t, noOpts, "connect", f.tcp.String(), "5000"); r.Err != "EPERM" {
+		t.Fatalf("before the lookup: err %q, want EPERM", r.Err)
+	}
+	srv := serveDNS(t, "127.0.0.3:53", netip.MustParseAddr("127.0.0.1")) // other tests serve on .1 and .2
+	if r := f.cg.Run(t, noOpts, "dns", srv.String(), "aegis.example."); r.Err != "" || r.N == 0 {
+		t.Fatalf("dns query: %+v", r)
+	}
+	waitFor(t, "hostname rule pushed", func() bool {
+		f.e.mu.Lock()
+		defer f.e.mu.Unlock()
+		return len(f.e.kernel.hosts) == 1
+	})
+	if r := f.cg.Run(t, noOpts, "connect", f.tcp.String(), "5000"); r.Err != "" {
+		t.Errorf("after the lookup: err %q, want a connection", r.Err)
+	}
+	other := kerneltest.ListenTCP(t, "127.0.0.4:0")
+	if r := f.cg.Run(t, noOpts, "connect", other.String(), "5000"); r.Err != "EPERM" {
+		t.Errorf("another address: err %q, want EPERM", r.Err)
+	}
+	if n := f.pr.count(); n != 0 {
+		t.Errorf("%d prompts, want none", n)
+	}
+	cs, _ := f.e.Counters(context.Background())
+	if cs.Held != 0 {
+		t.Errorf("%d held requests, want none", cs.Held)
+	}
+	// Withdrawing the hostname rule withdraws the pushed address.
+	set.Apps[0].Dests = set.Apps[0].Dests[1:]
+	b, err := rules.Encode(set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.e.ImportRules(context.Background(), string(b)); err != nil {
+		t.Fatal(err)
+	}
+	f.e.mu.Lock()
+	n := len(f.e.kernel.hosts)
+	f.e.mu.Unlock()
+	if n != 0 {
+		t.Errorf("%d hostname addresses still pushed after the rule went", n)
+	}
+	if r := f.cg.Run(t, noOpts, "connect", f.tcp.String(), "5000"); r.Err != "EPERM" {
+		t.Errorf("after the rule went: err %q, want EPERM", r.Err)
+	}
 }
 
 // serveDNS answers every A query with addr.

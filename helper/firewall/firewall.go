@@ -254,6 +254,7 @@ func (e *Engine) stop() {
 	for _, q := range e.untilQuit {
 		q.stop()
 	}
+	e.withdrawHostsLocked()
 	e.mu.Unlock()
 	e.wg.Wait()
 	e.mu.Lock()

@@ -43,15 +43,21 @@ type kernelState struct {
 	nextID  uint32
 	entries map[appKey]kernelEntry
 	dests   map[uint32][]bpf.Dest
+	// hostRules are the hostname rules by app id; hosts the addresses
+	// pushed for them (see hosts.go).
+	hostRules map[uint32]hostRuleSet
+	hosts     map[bpf.Dest]hostDest
 }
 
 func newKernelState() kernelState {
 	return kernelState{
-		ids:     map[ruleRef]uint32{},
-		quitIDs: map[appKey]uint32{},
-		nextID:  1,
-		entries: map[appKey]kernelEntry{},
-		dests:   map[uint32][]bpf.Dest{},
+		ids:       map[ruleRef]uint32{},
+		quitIDs:   map[appKey]uint32{},
+		nextID:    1,
+		entries:   map[appKey]kernelEntry{},
+		dests:     map[uint32][]bpf.Dest{},
+		hostRules: map[uint32]hostRuleSet{},
+		hosts:     map[bpf.Dest]hostDest{},
 	}
 }
 
@@ -218,6 +224,7 @@ func (e *Engine) syncKernel() error {
 		}
 	}
 	errs = append(errs, e.syncDestsLocked(byRef)...)
+	errs = append(errs, e.syncHostRulesLocked(byRef)...)
 	if len(revoked) > 0 {
 		if err := e.dp.Revoke(revoked...); err != nil {
 			errs = append(errs, err)
