@@ -452,6 +452,28 @@ func TestDestinationRules(t *testing.T) {
 			}
 		})
 	}
+	// The kernel lists what it holds, in the form it was given.
+	dests, err := f.dp.Dests()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[Dest]Verdict{}
+	for _, e := range dests {
+		got[e.Dest] = e.Verdict
+	}
+	for _, r := range rules {
+		if v, ok := got[Dest{AppID: r.d.AppID, Prefix: r.d.Prefix.Masked(), Port: r.d.Port, Proto: r.d.Proto}]; !ok || v != r.v {
+			t.Errorf("Dests: %+v -> %v, %v; want %v", r.d, v, ok, r.v)
+		}
+	}
+	if len(dests) != len(rules) {
+		t.Errorf("Dests lists %d rules, want %d", len(dests), len(rules))
+	}
+	entries, err := f.dp.Apps()
+	if err != nil || len(entries) != 1 || entries[0].Exe != f.self || entries[0].App.ID != id || !entries[0].App.HasDests {
+		t.Errorf("Apps = %+v, %v; want the one app", entries, err)
+	}
+
 	// Removing the CIDR rule leaves 127.0.0.2 unknown (fail mode: EPERM),
 	// removing the exact rule makes 127.0.0.1 unknown too.
 	if err := f.dp.DeleteDest(rules[0].d); err != nil {

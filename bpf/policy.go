@@ -371,3 +371,69 @@ func (d *Datapath) ReportAgain(ev Event) error {
 	}
 	return nil
 }
+
+// AppEntry is one executable's entry in the kernel policy.
+type AppEntry struct {
+	Exe ExeKey
+	UID uint32
+	App App
+}
+
+// Apps lists the kernel's app policy, including entries an earlier
+// process left in pinned maps.
+func (d *Datapath) Apps() ([]AppEntry, error) {
+	var (
+		k   aegisAppKey
+		v   aegisAppInfo
+		out []AppEntry
+	)
+	it := d.objs.Apps.Iterate()
+	for it.Next(&k, &v) {
+		out = append(out, AppEntry{Exe: k.Exe, UID: k.Uid, App: App{ID: v.AppId, Verdict: Verdict(v.Verdict), HasDests: v.HasDests != 0}})
+	}
+	if err := it.Err(); err != nil {
+		return out, fmt.Errorf("list apps: %w", err)
+	}
+	return out, nil
+}
+
+// DestEntry is one destination rule in the kernel policy.
+type DestEntry struct {
+	Dest    Dest
+	Verdict Verdict
+}
+
+// Dests lists the kernel's destination rules, exact and CIDR.
+func (d *Datapath) Dests() ([]DestEntry, error) {
+	var out []DestEntry
+	var (
+		dk aegisDestKey
+		v  uint8
+	)
+	it := d.objs.Dests.Iterate()
+	for it.Next(&dk, &v) {
+		out = append(out, DestEntry{Dest{AppID: dk.AppId, Prefix: unmapped(dk.Addr, 128), Port: dk.Port, Proto: dk.Proto}, Verdict(v)})
+	}
+	if err := it.Err(); err != nil {
+		return out, fmt.Errorf("list destination rules: %w", err)
+	}
+	var ck aegisCidrKey
+	it = d.objs.Cidrs.Iterate()
+	for it.Next(&ck, &v) {
+		out = append(out, DestEntry{Dest{AppID: ck.AppId, Prefix: unmapped(ck.Addr, int(ck.Prefixlen)-64), Port: ck.Port, Proto: ck.Proto}, Verdict(v)})
+	}
+	if err := it.Err(); err != nil {
+		return out, fmt.Errorf("list CIDR rules: %w", err)
+	}
+	return out, nil
+}
+
+// unmapped turns the kernel's 16-byte address and bit length back into a
+// prefix, IPv4 where the address is v4-mapped.
+func unmapped(addr [16]byte, bits int) netip.Prefix {
+	a := netip.AddrFrom16(addr)
+	if a.Is4In6() && bits >= 96 {
+		return netip.PrefixFrom(a.Unmap(), bits-96)
+	}
+	return netip.PrefixFrom(a, bits)
+}

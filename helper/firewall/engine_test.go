@@ -835,6 +835,34 @@ func TestProcessExitingDuringVerification(t *testing.T) {
 	_ = c
 }
 
+func TestRestartDropsStaleKernelEntries(t *testing.T) {
+	f := newFixture(t, options{noRun: true})
+	// A helper killed with SIGKILL leaves what it pushed in the pinned
+	// maps: here an allow for the client's executable (an until-quit
+	// answer, say) and a hostname address.
+	key := bpf.ExeKeyOf(kerneltest.ExeStat(t, f.self))
+	if err := f.dp.SetApp(key, 0, bpf.App{ID: 99, Verdict: bpf.VerdictAllow, HasDests: true}); err != nil {
+		t.Fatal(err)
+	}
+	stale := bpf.Dest{AppID: 99, Prefix: netip.MustParsePrefix("192.0.2.1/32")}
+	if err := f.dp.SetDest(stale, bpf.VerdictAllow); err != nil {
+		t.Fatal(err)
+	}
+	f.run(t)
+	if es, err := f.dp.Apps(); err != nil || len(es) != 0 {
+		t.Errorf("kernel apps after start: %+v %v; want none", es, err)
+	}
+	if ds, err := f.dp.Dests(); err != nil || len(ds) != 0 {
+		t.Errorf("kernel destination rules after start: %+v %v; want none", ds, err)
+	}
+	c := f.cg.Start(t, noOpts, "connect", f.tcp.String(), "10000")
+	p := f.pr.wait(t, "asked again", byPID(c.PID))
+	f.answer(t, p.ID, dbusapi.Deny, dbusapi.Once)
+	if r := c.Next(t); r.Err != "ECONNABORTED" {
+		t.Errorf("denied after restart: err %q", r.Err)
+	}
+}
+
 func TestShortLivedAppLearnedOnItsNextRun(t *testing.T) {
 	f := newFixture(t, options{noRun: true})
 	var first atomic.Bool

@@ -213,6 +213,9 @@ func (e *Engine) Run(ctx context.Context) error {
 		e.counts.tampering.Add(1)
 		e.signal(func(s Signals) error { return s.Tampered(e.loadErr.Event.Path, e.loadErr.Event.Rejected) })
 	}
+	if err := e.adoptKernelPolicy(); err != nil {
+		return fmt.Errorf("run firewall: %w", err)
+	}
 	if err := e.syncKernel(); err != nil {
 		return fmt.Errorf("run firewall: %w", err)
 	}

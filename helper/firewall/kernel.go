@@ -135,6 +135,37 @@ func kernelApp(id uint32, a rules.App) bpf.App {
 	return bpf.App{ID: id, Verdict: kernelVerdict(a.Verdict), HasDests: len(a.Dests) > 0}
 }
 
+// adoptKernelPolicy takes what the kernel's policy maps hold (left by an
+// earlier helper in the pinned maps: until-quit answers, hostname
+// addresses, rules since removed) into the engine's mirror of them, so
+// that the first syncKernel removes whatever the rules in force do not
+// want.
+func (e *Engine) adoptKernelPolicy() error {
+	entries, err := e.dp.Apps()
+	if err != nil {
+		return err
+	}
+	dests, err := e.dp.Dests()
+	if err != nil {
+		return err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	k := &e.kernel
+	for _, a := range entries {
+		ak := appKey{a.Exe, a.UID}
+		if _, ok := k.entries[ak]; !ok {
+			k.entries[ak] = kernelEntry{app: a.App}
+		}
+	}
+	for _, d := range dests {
+		if !k.explicitLocked(d.Dest) {
+			k.dests[d.Dest.AppID] = append(k.dests[d.Dest.AppID], d.Dest)
+		}
+	}
+	return nil
+}
+
 // syncKernel makes the kernel's app and destination maps enforce the
 // rules in force: every valid registered file by the key of the file at
 // its path (pre-warming), every key learnt from verified processes while
