@@ -34,6 +34,22 @@ func sockaddr(ap netip.AddrPort, family int) unix.Sockaddr {
 	return &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
 }
 
+// dial opens a socket of sotype for ap and connects it. On failure it
+// reports the error as op's result and returns false.
+func dial(op, dst string, ap netip.AddrPort, family, sotype int) (int, bool) {
+	fd, err := unix.Socket(family, sotype|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		emit(Result{Op: op, Dst: dst, Err: errName(err)})
+		return -1, false
+	}
+	if err := unix.Connect(fd, sockaddr(ap, family)); err != nil {
+		unix.Close(fd)
+		emit(Result{Op: op, Dst: dst, Err: errName(err)})
+		return -1, false
+	}
+	return fd, true
+}
+
 func emit(r Result) {
 	r.PID = os.Getpid()
 	b, _ := json.Marshal(r)
@@ -120,17 +136,12 @@ func runClient(args []string) int {
 	case "established":
 		// established DST: connect, report, then block reading until the
 		// connection ends and report how it ended.
-		fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-		if err != nil {
-			emit(Result{Op: op, Dst: dst, Err: errName(err)})
-			return 0
-		}
 		t0 := Monotonic()
-		err = unix.Connect(fd, sockaddr(ap, family))
-		emit(Result{Op: op, Dst: dst, Err: errName(err), T0: t0, T1: Monotonic()})
-		if err != nil {
+		fd, ok := dial(op, dst, ap, family, unix.SOCK_STREAM)
+		if !ok {
 			return 0
 		}
+		emit(Result{Op: op, Dst: dst, T0: t0, T1: Monotonic()})
 		buf := make([]byte, 512)
 		for {
 			n, err := unix.Read(fd, buf)
@@ -173,13 +184,8 @@ func runClient(args []string) int {
 	case "dns":
 		// dns DST NAME: a connected UDP query for NAME's A record; the
 		// result's N is the answer's length.
-		fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-		if err != nil {
-			emit(Result{Op: op, Dst: dst, Err: errName(err)})
-			return 0
-		}
-		if err := unix.Connect(fd, sockaddr(ap, family)); err != nil {
-			emit(Result{Op: op, Dst: dst, Err: errName(err)})
+		fd, ok := dial(op, dst, ap, family, unix.SOCK_DGRAM)
+		if !ok {
 			return 0
 		}
 		q, err := dnsQuery(args[2])
@@ -219,13 +225,8 @@ func runClient(args []string) int {
 		emit(Result{Op: op, Dst: dst, Err: errName(first), T0: t0, T1: Monotonic(), N: n})
 	case "bulk":
 		// bulk DST MiB: connect and write MiB mebibytes.
-		fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-		if err != nil {
-			emit(Result{Op: op, Dst: dst, Err: errName(err)})
-			return 0
-		}
-		if err := unix.Connect(fd, sockaddr(ap, family)); err != nil {
-			emit(Result{Op: op, Dst: dst, Err: errName(err)})
+		fd, ok := dial(op, dst, ap, family, unix.SOCK_STREAM)
+		if !ok {
 			return 0
 		}
 		buf := make([]byte, 256<<10)
