@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -284,29 +285,37 @@ func TestAegisctl(t *testing.T) {
 	}
 }
 
-// TestAegisctlAgent answers a prompt with "aegisctl agent" and
-// "aegisctl answer": a root-owned process is asked of root's agent.
-func TestAegisctlAgent(t *testing.T) {
-	e := newEnv(t)
-	e.startInProcess(t)
+// ctlStream runs a streaming aegisctl command (agent, watch) as root with
+// --json until t ends or cancel is called, and returns its output.
+func (e *env) ctlStream(t *testing.T, cmd string) (out io.Reader, errb *testenv.Buffer, cancel func()) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	r, w, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan int, 1)
-	var errb testenv.Buffer
+	errb = new(testenv.Buffer)
 	go func() {
-		done <- ctl.Run(ctx, ctl.IO{Out: w, Err: &errb, UID: 0}, []string{"--bus", e.bus.Addr, "--json", "agent"})
+		done <- ctl.Run(ctx, ctl.IO{Out: w, Err: errb, UID: 0}, []string{"--bus", e.bus.Addr, "--json", cmd})
 		w.Close()
 	}()
 	t.Cleanup(func() {
 		cancel()
 		if code := <-done; code != 0 {
-			t.Errorf("aegisctl agent: exit %d: %s", code, errb.String())
+			t.Errorf("aegisctl %s: exit %d: %s", cmd, code, errb.String())
 		}
 		r.Close()
 	})
+	return r, errb, cancel
+}
+
+// TestAegisctlAgent answers a prompt with "aegisctl agent" and
+// "aegisctl answer": a root-owned process is asked of root's agent.
+func TestAegisctlAgent(t *testing.T) {
+	e := newEnv(t)
+	e.startInProcess(t)
+	r, errb, _ := e.ctlStream(t, "agent")
 	lines := make(chan ctl.AgentLine, 16)
 	go func() {
 		dec := json.NewDecoder(r)
@@ -548,24 +557,7 @@ func TestTamperedAtStart(t *testing.T) {
 func TestAegisctlWatch(t *testing.T) {
 	e := newEnv(t)
 	e.startInProcess(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	r, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan int, 1)
-	var errb testenv.Buffer
-	go func() {
-		done <- ctl.Run(ctx, ctl.IO{Out: w, Err: &errb, UID: 0}, []string{"--bus", e.bus.Addr, "--json", "watch"})
-		w.Close()
-	}()
-	defer func() {
-		cancel()
-		if code := <-done; code != 0 {
-			t.Errorf("aegisctl watch: exit %d: %s", code, errb.String())
-		}
-		r.Close()
-	}()
+	r, _, cancel := e.ctlStream(t, "watch")
 	// A missing signal ends the watch, and with it the decoding below.
 	stop := time.AfterFunc(waitTimeout, cancel)
 	defer stop.Stop()
