@@ -114,7 +114,7 @@ func (e *Engine) decide(ev bpf.Event) {
 		return
 	}
 	defer exe.Close()
-	res, err := e.reg.Check(toAppsKey(ev.Exe), exe.File)
+	res, err := e.reg.Check(toProcKey(ev.Exe), exe.File)
 	if err != nil {
 		e.log.Warn("cannot check executable; denying once", "pid", ev.PID, "exe", exe.Path, "err", err)
 		e.decideOnce(ev, exe.Path, dbusapi.Deny, howUnverifiable)

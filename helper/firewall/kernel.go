@@ -76,10 +76,8 @@ func toBPFKey(k apps.Key) bpf.ExeKey {
 	return bpf.ExeKey{Ino: k.Ino, CtimeNs: k.CtimeNs, Dev: k.Dev}
 }
 
-func toAppsKey(k bpf.ExeKey) apps.Key {
-	return apps.Key{Ino: k.Ino, CtimeNs: k.CtimeNs, Dev: k.Dev}
-}
-
+// toProcKey converts the kernel's exe key into the one proc and apps
+// (apps.Key is proc.Key) verify and cache by.
 func toProcKey(k bpf.ExeKey) proc.Key {
 	return proc.Key{Ino: k.Ino, CtimeNs: k.CtimeNs, Dev: k.Dev}
 }

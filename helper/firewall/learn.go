@@ -55,7 +55,7 @@ func (e *Engine) learn(ev bpf.Event) {
 		return
 	}
 	defer exe.Close()
-	res, err := e.reg.Check(toAppsKey(ev.Exe), exe.File)
+	res, err := e.reg.Check(toProcKey(ev.Exe), exe.File)
 	if err == nil {
 		if a, ok := appFor(res.Apps, ev.UID); ok {
 			// A registered app whose key the kernel did not have yet.
